@@ -1,0 +1,1 @@
+"""rnnlab: a research framework for studying recurrent neural networks."""

@@ -1,0 +1,227 @@
+"""The configuration schema: dataclasses mirroring conf/ key for key, and ``validate``.
+
+``validate`` turns the composed config (a plain nested dict) into these dataclasses or raises
+``ConfigError`` with one line naming the key, the bad value and what is allowed, before
+anything is built or written. Hydra is not imported here: the schema is plain Python.
+
+The keys every run has are dataclass fields. A cell's options are the typed keyword arguments
+of its class (chosen by ``cell.name``) and a dataset's those of its loader (``data.name``):
+one source of truth, and an option that means nothing for the chosen cell or dataset is an
+error, not silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line, ready for the user."""
+
+
+def _bounded(default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with an allowed range (checked by ``validate``)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "lt": lt})
+
+
+# ----------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class CellConfig:
+    name: str = "lstm"
+    options: dict[str, Any] = field(default_factory=dict)  # the cell class's keyword arguments
+
+
+@dataclass
+class DataConfig:
+    """Keys every dataset has; ``options`` are the keyword arguments of its loader."""
+
+    name: str = "weather"
+    lookback: int = _bounded(48, ge=1)  # input steps per window
+    horizon: int = _bounded(1, ge=1)  # predict the target this many steps after the last input
+    stride: int = _bounded(1, ge=1)  # steps between consecutive window starts
+    val_fraction: float = _bounded(0.15, gt=0, lt=1)  # chronological split: train | val | test
+    test_fraction: float = _bounded(0.15, gt=0, lt=1)
+    season: int = _bounded(24, ge=1)  # steps per season, for the seasonal-naive baseline
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. weather: years, seed
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _bounded(10, ge=1)
+    batch_size: int = _bounded(64, ge=1)
+    lr: float = _bounded(2e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = _bounded(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: float = _bounded(0.0, ge=0)
+    clip: float = _bounded(1.0, ge=0)  # max global gradient norm; 0 turns clipping off
+    patience: int = _bounded(4, ge=0)  # early stopping: epochs without a better val loss; 0 = off
+    steps_per_epoch: int = _bounded(0, ge=0)  # cap on optimiser steps per epoch; 0 = a full pass
+    eval_batch_size: int = _bounded(1024, ge=1)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///outputs/mlflow.db"
+    experiment: str = "rnnlab"
+    run_name: str | None = None  # None: cell-d{depth}-h{hidden}-k{truncation}
+
+
+@dataclass
+class Config:
+    cell: CellConfig = field(default_factory=CellConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    depth: int = _bounded(4, ge=1)
+    hidden_size: int = _bounded(64, ge=1)
+    dropout: float = _bounded(0.0, ge=0, lt=1)
+    truncation: int = _bounded(0, ge=0)  # truncated BPTT length k; 0 = full BPTT
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    allocator: Literal["tuned", "system"] = "tuned"  # tuned: no per-step mmap/munmap (see README)
+    quiet: bool = False  # no progress bar (sweeps)
+
+
+# --------------------------------------------------------------------------------- validation
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    """Check a composed config (plain dict) against the schema and return the dataclasses."""
+    raw = dict(raw)
+    raw.pop("hydra", None)
+    from rnnlab.cells import CELLS  # cells and loaders are the schema of their options
+    from rnnlab.data import DATASETS
+
+    cell = dict(_section(raw, "cell"))
+    data = dict(_section(raw, "data"))
+    cfg = _build(Config, {**raw, "cell": {}, "data": {}}, "")
+    name = cell.pop("name", None)
+    if name not in CELLS:
+        raise ConfigError(f"cell.name={name!r} is not a cell (allowed: {', '.join(CELLS)})")
+    cfg.cell = CellConfig(name, _options(CELLS[name].__init__, cell, f"cell {name!r}", "cell.", skip=3))
+    name = data.get("name")
+    if name not in DATASETS:
+        raise ConfigError(f"data.name={name!r} is not a dataset (allowed: {', '.join(DATASETS)})")
+    common = {f.name for f in dataclasses.fields(DataConfig)} - {"options"}
+    cfg.data = _build(DataConfig, {k: v for k, v in data.items() if k in common}, "data.")
+    extra = {k: v for k, v in data.items() if k not in common}
+    cfg.data.options = _options(DATASETS[name], extra, f"dataset {name!r}", "data.", skip=0)
+    _check_together(cfg)
+    return cfg
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}={value!r} must be a config group, not a value")
+    return value
+
+
+def _options(fn: Any, raw: dict[str, Any], owner: str, prefix: str, skip: int) -> dict[str, Any]:
+    """Check ``raw`` against the typed keyword arguments of ``fn`` (after the first ``skip``)."""
+    params = list(inspect.signature(fn).parameters)[skip:]
+    hints = typing.get_type_hints(fn)
+    for key in raw:
+        if key not in params:
+            raise ConfigError(f"{prefix}{key} is not an option of {owner} (its options: {', '.join(params) or 'none'})")
+    return {key: _convert(value, hints[key], prefix + key) for key, value in raw.items()}
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"unknown key '{prefix}{key}' (allowed: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], _section(raw, name), f"{prefix}{name}.")
+            continue
+        values[name] = _convert(raw[name], hints[name], prefix + name)
+        _check_range(values[name], f, prefix + name)
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Accept ``value`` if it has type ``hint`` (ints widen to floats); else one-line error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(map(str, args))})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r} must be of type {hint.__name__}")
+    return value
+
+
+def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
+    ge, gt, lt = f.metadata.get("ge"), f.metadata.get("gt"), f.metadata.get("lt")
+    if value is None or (ge is None and gt is None and lt is None):
+        return
+    low = f">= {ge}" if ge is not None else f"> {gt}" if gt is not None else ""
+    high = f"< {lt}" if lt is not None else ""
+    bad = (ge is not None and value < ge) or (gt is not None and value <= gt) or (lt is not None and value >= lt)
+    if bad:
+        raise ConfigError(f"{key}={value!r} is out of range (allowed: {' and '.join(filter(None, [low, high]))})")
+
+
+def _check_together(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    if cfg.truncation > cfg.data.lookback:
+        raise ConfigError(
+            f"truncation={cfg.truncation} is longer than the window "
+            f"(allowed: 0 for full BPTT, or 1..data.lookback={cfg.data.lookback})"
+        )
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction = {cfg.data.val_fraction + cfg.data.test_fraction:g} "
+            "leaves no training data (allowed: a sum < 1)"
+        )
+    if cfg.data.name == "csv":
+        for key in ("path", "target"):
+            if not cfg.data.options.get(key):
+                raise ConfigError(f"data.{key} is empty: data=csv needs data.{key}=...")
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted keys -> values, for tracking params (cell options flattened as cell.<option>)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        items = dataclasses.asdict(node).items() if dataclasses.is_dataclass(node) else node.items()
+        for key, value in items:
+            if key == "options":
+                walk(value, prefix)
+            elif isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(cfg, "")
+    return out

@@ -1,0 +1,111 @@
+"""The config tree composes, mirrors the schema key for key, and bad values fail in one line."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from importlib.resources import files
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from rnnlab.cells import CELLS
+from rnnlab.config import Config, ConfigError, DataConfig, TrackingConfig, TrainConfig, flatten, validate
+from rnnlab.data import DATASETS
+
+CONF = files("rnnlab.conf")
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def composed(*overrides: str) -> dict:
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def options(group: str) -> list[str]:
+    return sorted(f.name[:-5] for f in (CONF / group).iterdir() if f.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(group, option):
+    extra = ["data.path=x.csv", "data.target=y"] if (group, option) == ("data", "csv") else []
+    cfg = validate(composed(f"{group}={option}", *extra))
+    assert isinstance(cfg, Config)
+
+
+def test_defaults_are_seed_000s_network():
+    cfg = validate(composed())
+    assert (cfg.cell.name, cfg.depth, cfg.hidden_size, cfg.data.name) == ("lstm", 4, 64, "weather")
+    assert cfg.tracking.uri == "sqlite:///outputs/mlflow.db"
+
+
+def test_yaml_mirrors_the_schema_key_for_key():
+    def keys(path):
+        return set(yaml.safe_load((CONF / path).read_text()))
+
+    top = {f.name for f in dataclasses.fields(Config)} - set(GROUPS)
+    assert keys("config.yaml") - {"defaults", "hydra"} == top
+    assert keys("train/default.yaml") == {f.name for f in dataclasses.fields(TrainConfig)}
+    for option in options("tracking"):
+        assert keys(f"tracking/{option}.yaml") == {f.name for f in dataclasses.fields(TrackingConfig)}
+    common = {f.name for f in dataclasses.fields(DataConfig)} - {"options"}
+    for option in options("data"):
+        assert keys(f"data/{option}.yaml") == common | set(inspect.signature(DATASETS[option]).parameters)
+    for option in options("cell"):
+        assert keys(f"cell/{option}.yaml") == {"name"} | set(list(inspect.signature(CELLS[option].__init__).parameters)[3:])
+
+
+def test_dataclass_defaults_equal_the_yaml_defaults():
+    cfg = validate(composed())
+    assert dataclasses.asdict(cfg.train) == dataclasses.asdict(TrainConfig())
+    assert (cfg.depth, cfg.hidden_size, cfg.truncation, cfg.seed) == (Config.depth, Config.hidden_size, Config.truncation, Config.seed)
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["depth=0"], "depth=0 is out of range (allowed: >= 1)"),
+        (["hidden_size=0"], "hidden_size=0 is out of range (allowed: >= 1)"),
+        (["truncation=-1"], "truncation=-1 is out of range (allowed: >= 0)"),
+        (["truncation=49"], "truncation=49 is longer than the window (allowed: 0 for full BPTT, or 1..data.lookback=48)"),
+        (["train.lr=0"], "train.lr=0.0 is out of range (allowed: > 0)"),
+        (["train.lr=-1e-3"], "train.lr=-0.001 is out of range (allowed: > 0)"),
+        (["train.optimizer=rmsprop"], "train.optimizer='rmsprop' is not allowed (allowed: adam, sgd)"),
+        (["depth=two"], "depth='two' must be of type int"),
+        (["depth=2.5"], "depth=2.5 must be of type int"),
+        (["train.lr=fast"], "train.lr='fast' must be of type float"),
+        (["+train.foo=1"], "unknown key 'train.foo' (allowed: epochs, batch_size"),
+        (["+foo=1"], "unknown key 'foo' (allowed: cell, data, train, tracking, depth"),
+        (["+cell.nonlinearity=relu"], "cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias)"),
+        (["cell=rnn", "cell.nonlinearity=sigmoid"], "cell.nonlinearity='sigmoid' is not allowed (allowed: tanh, relu)"),
+        (["data.years=oops"], "data.years='oops' must be of type float"),
+        (["device=tpu"], "device='tpu' is not allowed (allowed: auto, cpu, cuda)"),
+        (["dropout=1.0"], "dropout=1.0 is out of range (allowed: >= 0 and < 1)"),
+        (["train.clip=-1"], "train.clip=-1.0 is out of range (allowed: >= 0)"),
+        (["train.epochs=0"], "train.epochs=0 is out of range (allowed: >= 1)"),
+        (["train.batch_size=0"], "train.batch_size=0 is out of range (allowed: >= 1)"),
+        (["data.val_fraction=0.5", "data.test_fraction=0.5"], "leaves no training data"),
+        (["data=csv"], "data.path is empty: data=csv needs data.path=..."),
+        (["train.lr=inf"], "train.lr=inf must be a finite number"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        validate(composed(*overrides))
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_flatten_gives_dotted_keys_with_cell_and_data_options_inline():
+    flat = flatten(validate(composed("cell=rnn", "cell.nonlinearity=relu")))
+    assert flat["cell.nonlinearity"] == "relu" and flat["train.lr"] == 2e-3
+    assert flat["data.years"] == 3.0 and flat["depth"] == 4
+    assert not any(k.endswith("options") for k in flat)
+
+
+def test_tracking_uri_comes_from_the_environment_when_set(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert validate(composed()).tracking.uri == "http://tracking.example:5000"
+    assert validate(composed("tracking.uri=sqlite:///x.db")).tracking.uri == "sqlite:///x.db"
