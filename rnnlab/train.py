@@ -1,0 +1,148 @@
+"""train() and evaluate(): one loop, truncated BPTT visible in it.
+
+Logging, progress and epoch-end hooks are plain callables passed in, so this module knows
+nothing of MLflow, Optuna or Hydra. A pruning hook (Optuna) raises from ``on_epoch_end`` and
+simply unwinds ``train``.
+
+Loss: the mean squared error over the batch, *without* the spec's ½ (CELLS.md writes
+L = Σ_t ½(ŷ_t - y_t)²). The ½ only rescales gradients by 2, and the plain mean is what the
+baselines, the reports and every other tool call "MSE".
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.config import TrainConfig
+from rnnlab.data import Windows
+
+Log = Callable[[dict[str, float], int], None]  # (metrics, step)
+Progress = Callable[[int, int, int, float, float | None], None]  # epoch, batch, n_batches, loss, val
+
+
+@dataclass
+class TrainResult:
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def forward_truncated(model: nn.Module, x: Tensor, truncation: int) -> Tensor:
+    """Forward a many-to-one window so that gradients reach back at most ``truncation`` steps.
+
+        x:  | t = 1 ............ L-k | L-k+1 ........ L |  -> ŷ, loss
+            |  burn-in: no graph     |  k steps: BPTT   |
+                                 state ─┘ (carried, cut from the graph)
+
+    The burn-in runs without autograd, so its outputs are the same as a full forward but no
+    gradient flows into steps older than k; the loss sits at the last step only, so this is
+    the spec's "forward k steps, backpropagate k steps" with chunks aligned to the window's
+    end. ``truncation`` = 0 (or >= L) is full BPTT.
+    """
+    k = truncation
+    if k == 0 or k >= x.size(1):
+        return model(x)[0]
+    with torch.no_grad():
+        _, state = model(x[:, :-k])
+    return model(x[:, -k:], state)[0]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        # Fused Adam: one kernel for the whole update instead of a few per parameter.
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Windows, split: str, batch_size: int, device: torch.device) -> np.ndarray:
+    """Scaled predictions for every window of a split, in window order."""
+    model.eval()
+    out = [model(x.to(device))[0].squeeze(1).cpu().numpy() for x, _ in data.batches(split, batch_size)]
+    return np.concatenate(out)
+
+
+def evaluate(model: nn.Module, data: Windows, split: str, batch_size: int, device: torch.device) -> float:
+    """Mean squared error over every window of a split (scaled units)."""
+    return float(np.mean((predict(model, data, split, batch_size, device) - data.targets(split)) ** 2))
+
+
+def train(
+    model: nn.Module,
+    data: Windows,
+    cfg: TrainConfig,
+    *,
+    truncation: int = 0,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    log: Log = lambda metrics, step: None,
+    on_epoch_end: Callable[[int, float], None] = lambda epoch, val_loss: None,
+    progress: Progress = lambda epoch, batch, n_batches, loss, val: None,
+) -> TrainResult:
+    """Train with early stopping on the validation loss; the model ends with its best weights."""
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.clip if cfg.clip > 0 else math.inf
+    rng = np.random.default_rng(seed)  # window order; the model's init was seeded by the caller
+    n_batches = math.ceil(len(data.starts["train"]) / cfg.batch_size)
+    if cfg.steps_per_epoch:
+        n_batches = min(n_batches, cfg.steps_per_epoch)
+
+    best_val, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    history, step, epoch = [], 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        # Sums stay on the device: a .item() per step would be a host-device sync point.
+        loss_sum = torch.zeros((), device=device)
+        norm_sum = torch.zeros((), device=device)
+        clipped = torch.zeros((), device=device)
+        for batch, (x, y) in enumerate(data.batches("train", cfg.batch_size, rng)):
+            if batch == n_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            loss = F.mse_loss(forward_truncated(model, x, truncation), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach()
+            norm_sum += norm
+            clipped += norm > max_norm
+            if batch % 20 == 0:
+                progress(epoch, batch + 1, n_batches, loss.item(), best_val if best_epoch else None)
+
+        val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
+        metrics = {
+            "train_loss": loss_sum.item() / n_batches,
+            "val_loss": val_loss,
+            "grad_norm": norm_sum.item() / n_batches,
+            "clip_rate": clipped.item() / n_batches,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        history.append(metrics)
+        log(metrics, epoch)
+        if val_loss < best_val:
+            best_val, best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        progress(epoch, n_batches, n_batches, metrics["train_loss"], best_val)
+        on_epoch_end(epoch, val_loss)
+        if cfg.patience and epoch - best_epoch >= cfg.patience:
+            break
+
+    model.load_state_dict(best_state)
+    return TrainResult(best_val, best_epoch, epoch, step, history)

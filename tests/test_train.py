@@ -1,0 +1,94 @@
+"""The training loop: truncated BPTT semantics, determinism, early stopping, clipping."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.config import TrainConfig
+from rnnlab.data import generate_weather, make_windows
+from rnnlab.model import StackedRNN
+from rnnlab.train import evaluate, forward_truncated, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_windows(generate_weather(0.15, seed=0), lookback=24)
+
+
+def small_model(seed=0, cell="lstm"):
+    torch.manual_seed(seed)
+    return StackedRNN(cell, 10, 8, depth=2)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_gradients_reach_back_exactly_k_steps(cell, k):
+    torch.manual_seed(0)
+    model = StackedRNN(cell, 3, 6, depth=2).double()
+    x = torch.randn(4, 20, 3, dtype=torch.float64, requires_grad=True)
+    forward_truncated(model, x, k).sum().backward()
+    per_step = x.grad.abs().sum(dim=(0, 2))  # (T,)
+    assert torch.all(per_step[: 20 - k] == 0)  # older than k steps: exactly zero
+    assert torch.all(per_step[20 - k :] > 0)  # within k steps: non-zero
+
+
+def test_truncation_changes_gradients_not_outputs():
+    torch.manual_seed(0)
+    model = StackedRNN("lstm", 3, 6, depth=2).double()
+    x = torch.randn(4, 20, 3, dtype=torch.float64, requires_grad=True)
+    full = forward_truncated(model, x, 0)
+    assert torch.equal(forward_truncated(model, x, 7), full) or torch.allclose(forward_truncated(model, x, 7), full, atol=1e-14)
+    full.sum().backward()
+    assert torch.all(x.grad.abs().sum(dim=(0, 2)) > 0)  # full BPTT: every step gets gradient
+    assert torch.equal(forward_truncated(model, x, 20), full)  # k = L is full BPTT
+
+
+def test_two_runs_with_one_seed_are_identical(data):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=15, batch_size=32)
+    a = train(small_model(seed=1), data, cfg, truncation=10, seed=3)
+    b = train(small_model(seed=1), data, cfg, truncation=10, seed=3)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+    c = train(small_model(seed=1), data, cfg, truncation=10, seed=4)  # another batch order
+    assert [h["train_loss"] for h in a.history] != [h["train_loss"] for h in c.history]
+
+
+def test_training_learns_and_logs_every_epoch():
+    data = make_windows(generate_weather(1.0, seed=0), lookback=24)  # a year: val is not a new season
+    logged = []
+    untrained = evaluate(small_model(), data, "val", 1024, torch.device("cpu"))
+    result = train(small_model(), data, TrainConfig(epochs=3, lr=5e-3, batch_size=32, steps_per_epoch=80),
+                   log=lambda metrics, step: logged.append((step, metrics)))
+    assert [step for step, _ in logged] == [1, 2, 3]
+    assert set(logged[0][1]) == {"train_loss", "val_loss", "grad_norm", "clip_rate", "lr", "epoch_seconds"}
+    assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
+    assert result.best_val_loss < 0.2 * untrained
+
+
+def test_early_stopping_restores_the_best_weights(data):
+    # A learning rate this high makes the validation loss erratic: stopping must keep the best.
+    cfg = TrainConfig(epochs=8, patience=2, steps_per_epoch=10, batch_size=32, lr=0.5, clip=0)
+    model = small_model(seed=2)
+    result = train(model, data, cfg)
+    vals = [h["val_loss"] for h in result.history]
+    assert result.best_val_loss == min(vals) and vals[result.best_epoch - 1] == min(vals)
+    assert result.epochs_run == len(vals) and (result.epochs_run == 8 or result.epochs_run - result.best_epoch == 2)
+    assert evaluate(model, data, "val", 1024, torch.device("cpu")) == pytest.approx(result.best_val_loss, rel=1e-6)
+
+
+def test_clipping_fires_and_reports_the_norm_before_clipping(data):
+    cfg = TrainConfig(epochs=1, steps_per_epoch=5, batch_size=32, clip=1e-6)
+    result = train(small_model(), data, cfg)
+    assert result.history[0]["clip_rate"] == 1.0 and result.history[0]["grad_norm"] > 1e-6
+    off = train(small_model(), data, dataclasses.replace(cfg, clip=0.0))
+    assert off.history[0]["clip_rate"] == 0.0
+
+
+def test_sgd_with_momentum_trains(data):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=20, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9)
+    result = train(small_model(), data, cfg)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
+    assert np.isfinite(result.best_val_loss)
