@@ -1,0 +1,119 @@
+"""End to end: `python -m rnnlab` in a subprocess, as a user runs it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def store(workdir: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+
+
+def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
+    result = run_cli([*TINY, "cell=gru", "truncation=10"], workdir)
+    assert result.returncode == 0, result.stderr
+    client = store(workdir)
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "gru-d2-h8-k10"
+    params = run.data.params
+    assert params["cell.name"] == "gru" and params["depth"] == "2" and params["truncation"] == "10"
+    assert params["train.lr"] == "0.002" and params["data.years"] == "0.12"
+    assert int(params["n_params"]) == 3 * (10 * 8 + 8 * 8 + 16) + 3 * (8 * 8 + 8 * 8 + 16) + 9
+    metrics = run.data.metrics
+    for key in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_seconds", "clip_rate",
+                "test_mse", "test_mse_persistence", "test_mse_seasonal"):
+        assert key in metrics, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.pt", "predictions.png"}
+    assert run.data.tags["rnnlab.command"].startswith("python -m rnnlab data.years=0.12")
+    assert "test MSE" in result.stdout and "persistence" in result.stdout and run.info.run_id in result.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db" in result.stdout
+
+
+def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir):
+    result = run_cli(["-m", *TINY, "cell=rnn,lstm", "train.epochs=1"], workdir)
+    assert result.returncode == 0, result.stderr
+    client = store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["lstm-d2-h8-k0", "rnn-d2-h8-k0"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert not (workdir / "multirun").exists() and (workdir / "outputs" / "multirun").is_dir()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["depth=0"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
+        (["train.optimizer=adagrad"], "rnnlab: error: train.optimizer='adagrad' is not allowed (allowed: adam, sgd)"),
+        (["foo=1"], "rnnlab: error: unknown key 'foo' (allowed: cell, data, train, tracking, depth, hidden_size, dropout, truncation, seed, device, allocator, quiet)"),
+        (["cell=transformerz"], "rnnlab: error: cell=transformerz is not an option of group 'cell' (allowed: gru, lstm, rnn)"),
+        (["cell.nonlinearity=relu"], "rnnlab: error: cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias)"),
+        (["-m", "depth=1,0"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
+        (["data=csv", "data.path=missing.csv", "data.target=x"], "rnnlab: error: data.path='missing.csv': no such file"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(workdir, args, message):
+    result = run_cli(args, workdir)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not (workdir / "outputs" / "mlflow.db").exists() and not (workdir / "outputs" / "mlartifacts").exists()
+
+
+def test_help_lists_groups_and_options_without_importing_torch(workdir):
+    code = (
+        "import runpy, sys; sys.argv = ['rnnlab', '--help']; runpy.run_module('rnnlab', run_name='__main__');"
+        "print('heavy:', sorted(m for m in ('torch', 'mlflow', 'hydra', 'numba', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, check=True).stdout
+    assert "cell:     gru, lstm*, rnn" in out and "train:    default*" in out
+    assert "depth: 4" in out and "heavy: []" in out
+
+
+def test_cfg_job_prints_the_composed_config(workdir):
+    result = run_cli(["--cfg", "job", "cell=gru", "depth=4"], workdir)
+    assert result.returncode == 0
+    assert "name: gru" in result.stdout and "depth: 4" in result.stdout
+
+
+def test_mlflow_tracking_uri_from_the_environment_selects_the_store(workdir):
+    result = run_cli([*TINY, "train.epochs=1"], workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/elsewhere.db"})
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "elsewhere.db").exists() and not (workdir / "outputs" / "mlflow.db").exists()
+
+
+def test_own_csv_data_trains(workdir):
+    import numpy as np
+
+    t = np.arange(600)
+    rows = ["stamp,load,other"] + [
+        f"2024-01-01T00:00:00,{np.sin(i / 5):.5f},{np.cos(i / 7):.5f}".replace("2024-01-01T00:00:00", str(np.datetime64("2024-01-01T00") + i))
+        for i in t
+    ]
+    (workdir / "mine.csv").write_text("\n".join(rows) + "\n")
+    args = ["data=csv", "data.path=mine.csv", "data.time_column=stamp", "data.target=load", "data.lookback=20",
+            "depth=1", "hidden_size=8", "train.epochs=1", "train.steps_per_epoch=3", "quiet=true"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 0, result.stderr
+    assert "RMSE" in result.stdout and "in load units" in result.stdout
+
+
+def test_a_plain_install_finds_its_configs_from_another_directory(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(repo)], check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([sys.executable, "-m", "rnnlab", "--cfg", "job", "cell=rnn"], cwd=elsewhere,
+                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "name: rnn" in out.stdout and "nonlinearity: tanh" in out.stdout
+    assert (target / "rnnlab" / "conf" / "cell" / "gru.yaml").is_file()
