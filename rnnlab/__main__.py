@@ -156,7 +156,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _hydra_job(cfg: DictConfig) -> float:
+def _hydra_job(cfg: DictConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -174,8 +174,11 @@ def _hydra_job(cfg: DictConfig) -> float:
     return run(config, output_dir, command)
 
 
-def run(config: Any, output_dir: Path, command: str) -> float:
-    """One job: data, model, tracker, train, test, report. Returns the test MSE."""
+def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
+    """One job: data, model, tracker, train, test, report.
+
+    Returns the summary a sweeper optimises: ``val_loss`` (the best epoch's), ``n_params``,
+    and the test numbers (reported, never to be optimised on)."""
     from rnnlab import runtime
 
     if config.allocator == "tuned":
@@ -288,7 +291,7 @@ def run(config: Any, output_dir: Path, command: str) -> float:
             ("", f"then http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"),
         ]
     print(summary(rows, f"rnnlab run {run_name}"))
-    return test_mse
+    return {"val_loss": result.best_val_loss, "n_params": float(n_params), **final}
 
 
 def _git_commit() -> str | None:

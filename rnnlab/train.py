@@ -28,6 +28,14 @@ Log = Callable[[dict[str, float], int], None]  # (metrics, step)
 Progress = Callable[[int, int, int, float, float | None], None]  # epoch, batch, n_batches, loss, val
 
 
+class NonFiniteError(FloatingPointError):
+    """The loss or the gradient norm became NaN or infinite; says what and at which step."""
+
+    def __init__(self, what: str, step: int, epoch: int) -> None:
+        super().__init__(f"non-finite {what} at step {step} (epoch {epoch})")
+        self.what, self.step, self.epoch = what, step, epoch
+
+
 @dataclass
 class TrainResult:
     best_val_loss: float
@@ -90,7 +98,9 @@ def train(
     on_epoch_end: Callable[[int, float], None] = lambda epoch, val_loss: None,
     progress: Progress = lambda epoch, batch, n_batches, loss, val: None,
 ) -> TrainResult:
-    """Train with early stopping on the validation loss; the model ends with its best weights."""
+    """Train with early stopping on the validation loss; the model ends with its best weights.
+
+    Raises NonFiniteError on the step where the loss or gradient norm stops being finite."""
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,8 +127,12 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
-            optimizer.step()
             step += 1
+            # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught
+            # before optimizer.step(), so the weights stay the last good ones.
+            if not torch.isfinite(norm):
+                raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
+            optimizer.step()
             loss_sum += loss.detach()
             norm_sum += norm
             clipped += norm > max_norm

@@ -92,3 +92,17 @@ def test_sgd_with_momentum_trains(data):
     result = train(small_model(), data, cfg)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
     assert np.isfinite(result.best_val_loss)
+
+
+@pytest.mark.parametrize("poison,what", [(float("nan"), "loss"), (float("inf"), "loss")])
+def test_a_non_finite_loss_stops_training_on_its_step_with_weights_untouched(data, poison, what):
+    from rnnlab.train import NonFiniteError
+
+    model = small_model()
+    model.head.bias.data.fill_(poison)  # every prediction, so the loss, is poisoned
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=f"non-finite {what} at step 1 \\(epoch 1\\)") as info:
+        train(model, data, TrainConfig(epochs=1, steps_per_epoch=5, batch_size=8))
+    assert info.value.step == 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or not torch.isfinite(before[k]).all() for k in before)
