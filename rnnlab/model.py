@@ -1,6 +1,7 @@
 """StackedRNN: cells x depth, dropout between layers, and a linear head (seed 000).
 
     x (B, T, I) -> layer 1 -> dropout -> layer 2 -> ... -> layer L -> h^L_T -> Linear -> ŷ (B, O)
+                                                          many-to-many: h^L_t -> Linear -> ŷ (B, T, O)
 
 Layer l reads the outputs of layer l-1; every layer has its own cell, shared across time.
 States start at zero unless the caller carries them (truncated BPTT hands them chunk to chunk).
@@ -16,7 +17,8 @@ from rnnlab.cells import CELLS, Cell, State, step_scan
 
 class StackedRNN(nn.Module):
     """A stack of ``depth`` recurrent layers of one cell type plus a linear head on the top
-    layer's last output (many-to-one: forecast the next step, classify a sequence).
+    layer's last output (many-to-one: forecast the next step, classify a sequence), or on its
+    output at every step (``many_to_many``: a label per step, a character language model).
 
     >>> model = StackedRNN("lstm", input_size=8, hidden_size=64, depth=4)
     >>> y_hat, state = model(x)                  # x (B, T, 8) -> y_hat (B, 1)
@@ -30,9 +32,11 @@ class StackedRNN(nn.Module):
         depth: int = 1,
         output_size: int = 1,
         dropout: float = 0.0,
+        many_to_many: bool = False,
         **cell_options: Any,
     ) -> None:
         super().__init__()
+        self.many_to_many = many_to_many
         make = CELLS[cell] if isinstance(cell, str) else cell
         self.layers = nn.ModuleList(
             make(input_size if layer == 0 else hidden_size, hidden_size, **cell_options)
@@ -47,7 +51,7 @@ class StackedRNN(nn.Module):
     def forward(
         self, x: Tensor, state: list[State] | None = None, step_path: bool = False
     ) -> tuple[Tensor, list[State]]:
-        """x (B, T, I) -> (ŷ (B, O), the state of every layer after the last step).
+        """x (B, T, I) -> (ŷ (B, O) or (B, T, O) if many_to_many, every layer's last state).
 
         ``step_path=True`` runs every layer through its step loop instead of a fused kernel:
         the same function, slower, with every h_t a node of the autograd graph.
@@ -60,7 +64,7 @@ class StackedRNN(nn.Module):
                 x = self.dropout(x)
             x, layer_state = step_scan(cell, x, state[layer]) if step_path else cell.scan(x, state[layer])
             new_state.append(layer_state)
-        return self.head(x[:, -1]), new_state  # (B, H) -> (B, O)
+        return self.head(x if self.many_to_many else x[:, -1]), new_state
 
 
 def count_parameters(model: nn.Module) -> int:

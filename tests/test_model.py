@@ -57,3 +57,16 @@ def test_parameter_count_sums_layers_and_head():
     model = StackedRNN("lstm", 10, 64, depth=4)
     layer = lambda i: 4 * ((i + 64) * 64 + 64)
     assert count_parameters(model) == layer(10) + 3 * layer(64) + 64 + 1
+
+
+def test_many_to_many_head_reads_every_step_and_its_last_step_is_many_to_one():
+    torch.manual_seed(4)
+    many = StackedRNN("lstm", 3, 5, depth=2, output_size=4, many_to_many=True)
+    one = StackedRNN("lstm", 3, 5, depth=2, output_size=4)
+    one.load_state_dict(many.state_dict())
+    x = torch.randn(2, 9, 3)
+    y_all, _ = many(x)
+    assert y_all.shape == (2, 9, 4)
+    assert torch.allclose(y_all[:, -1], one(x)[0], atol=1e-12)
+    _, state = many(x[:, :4])  # step t's output does not depend on later inputs (causal)
+    assert torch.allclose(y_all[:, 4:], many(x[:, 4:], state)[0], atol=1e-12)
