@@ -15,6 +15,7 @@ _LAUNCHED = time.perf_counter()  # before the heavy imports: start-up time is me
 
 import itertools  # noqa: E402
 import sys  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 CONFIG_MODULE = "rnnlab.conf"
+OUTPUTS = Path("outputs")  # where runs, multiruns and the default MLflow store live (cwd-relative)
 _INFO_FLAGS = {"--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion", "-sc"}
 _CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 _MAX_PREFLIGHT_JOBS = 256
@@ -41,9 +43,20 @@ def main() -> None:
         return
     if not (flags & (_INFO_FLAGS | _CONFIG_FLAGS | {"--help", "-h"})):
         preflight(argv)
-    import hydra  # here, not at the top: --help answers without importing Hydra
+    import os
 
-    hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_hydra_job)()
+    import hydra  # here, not at the top: --help answers without importing Hydra
+    from omegaconf import OmegaConf
+
+    # Output folders are named by time to the microsecond *and* process id, so runs started
+    # in the same instant never share a folder (Hydra's default names them by the second).
+    OmegaConf.register_new_resolver("rnnlab_pid", os.getpid, replace=True)
+    try:
+        hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_hydra_job)()
+    finally:
+        if _FAILED_JOBS:
+            print(f"rnnlab: {len(_FAILED_JOBS)} job(s) failed:", *_FAILED_JOBS, sep="\n  ", file=sys.stderr)
+            raise SystemExit(1)
 
 
 def help_text() -> str:
@@ -156,29 +169,58 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+class RunError(Exception):
+    """A job's bad input or a known failure: one line for the user."""
+
+
+_FAILED_JOBS: list[str] = []  # multirun: one line per failed job, summarised at the end
+
+
 def _hydra_job(cfg: DictConfig) -> dict[str, float]:
+    import logging
+    import traceback
+
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from rnnlab.config import ConfigError, validate
+    from rnnlab.config import ConfigError, redact, secret_keys, validate
 
     hydra_cfg = HydraConfig.get()
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        config = validate(raw)
-    except ConfigError as e:
-        fail(str(e))
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
-    command = " ".join(["python -m rnnlab", *hydra_cfg.overrides.task])
-    return run(config, output_dir, command)
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            config = validate(raw)
+        except ConfigError as e:
+            raise RunError(str(e)) from None
+        secrets = secret_keys(OmegaConf.to_container(cfg, resolve=False))
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact(raw, secrets))))
+        command = redact({"command": " ".join(["python -m rnnlab", *overrides])}, set())["command"]
+        return run(config, output_dir, command, secrets)
+    except RunError as e:
+        if not multirun:
+            fail(str(e))
+        logging.getLogger("rnnlab").error("job failed: %s", e)
+        _FAILED_JOBS.append(f"job {hydra_cfg.job.num} ({' '.join(overrides)}): {e}")
+        raise
+    except Exception as e:
+        # The job's log file (Hydra's) gets the traceback; in a multirun the other jobs go on.
+        logging.getLogger("rnnlab").error("job failed:\n%s", traceback.format_exc())
+        if multirun:
+            _FAILED_JOBS.append(f"job {hydra_cfg.job.num} ({' '.join(overrides)}): {_one_line(e)}")
+        raise
 
 
-def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
-    """One job: data, model, tracker, train, test, report.
+def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozenset[str] = frozenset()) -> dict[str, float]:
+    """One job: data, model, tracker, train (or resume), test, report.
 
     Returns the summary a sweeper optimises: ``val_loss`` (the best epoch's), ``n_params``,
-    and the test numbers (reported, never to be optimised on)."""
+    and the test numbers (reported, never to be optimised on). Raises RunError for bad input
+    (before anything is written) and for a run that diverged; SystemExit(143/130) when a
+    signal stopped it after saving a checkpoint."""
     from rnnlab import runtime
 
     if config.allocator == "tuned":
@@ -186,17 +228,20 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from rnnlab.config import ConfigError, flatten
+    from rnnlab import checkpoint
+    from rnnlab.config import ConfigError, config_hash, flatten, redact
     from rnnlab.console import ProgressBar, summary
     from rnnlab.data import DATASETS, DataError, make_windows
     from rnnlab.model import StackedRNN, count_parameters
-    from rnnlab.tracking import NullTracker, Tracker, TrackingError, plot_predictions, ui_command
-    from rnnlab.train import evaluate, predict, train
+    from rnnlab.tracking import NullTracker, Tracker, TrackingError, check_params, plot_predictions, ui_command
+    from rnnlab.train import Interrupted, NonFiniteError, TrainState, evaluate, predict, train
 
     started = time.perf_counter()
     d = config.data
     run_name = config.tracking.run_name or f"{config.cell.name}-d{config.depth}-h{config.hidden_size}-k{config.truncation}"
-    # Everything that can reject the input happens before the tracker writes anything.
+    flat = redact(flatten(config), secrets)
+    digest = config_hash(flat)
+    # Everything that can reject the input happens before anything is written.
     try:
         device = runtime.pick_device(config.device)
         series = DATASETS[d.name](**d.options)
@@ -206,23 +251,43 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
             config.cell.name, data.n_features, config.hidden_size, config.depth,
             dropout=config.dropout, **config.cell.options,
         )
-    except (ConfigError, DataError, ValueError) as e:
-        fail(str(e))
-    n_params = count_parameters(model)
-    params = {**flatten(config), "n_params": n_params, "n_features": data.n_features}
+        resume_from = _resume_point(config.resume, flat, digest, config.tracking.uri)
+        n_params = count_parameters(model)
+        params = {**flat, "n_params": n_params, "n_features": data.n_features}
+        check_params(params)
+    except (ConfigError, DataError, TrackingError, ValueError) as e:
+        raise RunError(str(e)) from None
+    state = TrainState.from_payload(resume_from["train"]) if resume_from else None
+    run_id = resume_from.get("run_id") if resume_from else None
+    # The trainer's own name for this run, known at once (the MLflow run id comes later, from
+    # the writer): checkpoints carry it, and the run is tagged with it, so a resume always
+    # finds its run even if it was stopped before the run existed.
+    run_key = resume_from["run_key"] if resume_from else uuid.uuid4().hex
 
     if config.tracking.enabled:
-        tags = {"mlflow.source.name": "rnnlab", "rnnlab.command": command, "rnnlab.output_dir": str(output_dir)}
+        tags = {"mlflow.source.name": "rnnlab", "rnnlab.command": command, "rnnlab.output_dir": str(output_dir),
+                "rnnlab.config_hash": digest, "rnnlab.run_key": run_key}
         commit = _git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
         try:  # fails fast on a store that cannot work; opening it overlaps the training
-            tracker: Any = Tracker(config.tracking.uri, config.tracking.experiment, run_name, tags)
-            tracker.log_params(params)
+            tracker: Any = Tracker(config.tracking.uri, config.tracking.experiment, run_name, tags,
+                                   run_id=run_id, spool_dir=output_dir)
         except TrackingError as e:
-            fail(str(e))
+            raise RunError(str(e)) from None
+        if state is None:
+            tracker.log_params(params)  # a resumed run has them (MLflow params never change)
     else:
         tracker = NullTracker()
+
+    def save(train_state: TrainState, finished: bool = False) -> None:
+        payload = {"train": train_state.payload(), "config": flat, "config_hash": digest,
+                   "run_id": tracker.run_id, "run_key": run_key}
+        checkpoint.save(payload, output_dir / "checkpoint.pt")
+        checkpoint.write_sidecar(output_dir, {
+            "run_id": tracker.run_id, "run_key": run_key, "config_hash": digest, "epoch": train_state.epoch,
+            "step": train_state.step, "finished": finished,
+        })
 
     bar = ProgressBar(config.train.epochs, quiet=config.quiet)
     first_step: list[float] = []
@@ -232,11 +297,14 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
             first_step.append(time.perf_counter() - _LAUNCHED)
         bar(epoch, batch, n_batches, loss, val)
 
-    status = "FAILED"
+    stop = runtime.StopOnSignal()
+    status, exit_code, last_state = "FAILED", 0, []
     try:
         result = train(
             model, data, config.train, truncation=config.truncation, seed=config.seed,
-            device=device, log=tracker.log_metrics, progress=progress,
+            device=device, log=tracker.log_metrics, progress=progress, resume=state,
+            save=lambda s: (last_state[:1].clear() or last_state.append(s), save(s)),
+            stop_requested=stop.requested,
         )
         test_mse = evaluate(model, data, "test", config.train.eval_batch_size, device)
         truth = data.targets("test")
@@ -265,20 +333,44 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
         )
         for name in ("config.yaml", "model.pt", "predictions.png"):
             tracker.log_artifact(output_dir / name)
+        if last_state:
+            save(last_state[0], finished=True)  # resume=auto must not pick a finished run up again
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except (Interrupted, KeyboardInterrupt):
+        status, exit_code = "KILLED", stop.exit_code if stop.requested() else 130
+    except NonFiniteError as e:
+        what = e.what.replace(" ", "_")
+        tracker.set_tags({"rnnlab.failure": f"nonfinite_{what}@step={e.step}"})
+        _log_traceback(tracker, output_dir)
+        kept = f"; the last good checkpoint is {output_dir / 'checkpoint.pt'}" if last_state else ""
+        raise RunError(f"{e}: the run diverged (lower train.lr, or train.clip){kept}") from None
+    except Exception:
+        _log_traceback(tracker, output_dir)
         raise
     finally:
-        try:
-            tracker.finish(status)
+        stop.restore()
+        try:  # a stopped job has seconds before the scheduler kills it: don't wait long
+            tracker.finish(status, timeout=1.0 if status == "KILLED" else 60.0)
         except TrackingError as e:
-            fail(f"{e} (the run's files are in {output_dir})")
+            print(f"rnnlab: warning: {e} (the run's files are in {output_dir})", file=sys.stderr)
+
+    if exit_code:
+        import logging
+        import os
+
+        where = tracker.run_id or output_dir
+        print(f"rnnlab: stopped; checkpoint saved. Continue with: {command} resume={where}", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Exit now: a normal exit would join the tracking writer, which may still be flushing;
+        # it already knows the run is KILLED and finishes on its own.
+        os._exit(exit_code)
 
     rows = [
         ("test MSE", f"{test_mse:.5f}   (scaled target; RMSE {final['test_rmse']:.3f} in {data.columns[0]} units)"),
-        ("  persistence", f"{baselines['persistence']:.5f}   model/baseline {test_mse / baselines['persistence']:.2f}"),
-        ("  seasonal naive", f"{baselines['seasonal']:.5f}   model/baseline {test_mse / baselines['seasonal']:.2f}"),
+        ("  persistence", f"{baselines['persistence']:.5f}   model/baseline {_ratio(test_mse, baselines['persistence'])}"),
+        ("  seasonal naive", f"{baselines['seasonal']:.5f}   model/baseline {_ratio(test_mse, baselines['seasonal'])}"),
         ("parameters", f"{n_params:,}"),
         ("epochs", f"{result.epochs_run} (best {result.best_epoch}), {result.steps:,} steps"),
         ("wall time", f"{wall:.1f} s (first step {final['startup_seconds']:.1f} s after launch)"),
@@ -292,6 +384,66 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
         ]
     print(summary(rows, f"rnnlab run {run_name}"))
     return {"val_loss": result.best_val_loss, "n_params": float(n_params), **final}
+
+
+def _ratio(model: float, baseline: float) -> str:
+    return f"{model / baseline:.2f}" if baseline > 0 else "- (the baseline is exact)"
+
+
+def _resume_point(resume: str | None, flat: dict[str, Any], digest: str, uri: str) -> dict[str, Any] | None:
+    """The checkpoint ``resume`` names: a file or folder, a run id, or ``auto`` (the newest
+    unfinished checkpoint of this same config under outputs/; none found: start afresh)."""
+    import json
+
+    from rnnlab import checkpoint
+    from rnnlab.config import ConfigError
+
+    if resume is None:
+        return None
+    path = Path(resume)
+    if resume == "auto":
+        path = checkpoint.find(OUTPUTS, config_hash=digest, unfinished=True)
+        if path is None:
+            return None
+    elif path.is_dir():
+        path = path / "checkpoint.pt"
+    elif not path.is_file():
+        path = checkpoint.find(OUTPUTS, run_id=resume)
+        if path is None:  # saved before the writer knew the run id: find it by the run's key
+            from rnnlab.tracking import run_key_of
+
+            key = run_key_of(uri, resume)
+            path = checkpoint.find(OUTPUTS, run_key=key) if key else None
+        if path is None:
+            raise ConfigError(f"resume={resume!r}: no such checkpoint file, and no checkpoint of that run id under {OUTPUTS}/")
+    if not path.is_file():
+        raise ConfigError(f"resume={resume!r}: {str(path)!r} holds no checkpoint")
+    checkpoint.clean_temporaries(path.parent)
+    sidecar = path.parent / checkpoint.SIDECAR
+    if sidecar.is_file() and json.loads(sidecar.read_text()).get("finished"):
+        raise ConfigError(f"resume={resume!r}: that run already finished (checkpoint {str(path)!r})")
+    payload = checkpoint.load(path)
+    if payload["config_hash"] != digest:
+        differs = [k for k in sorted(set(payload["config"]) | set(flat)) if payload["config"].get(k) != flat.get(k)
+                   and not _ignored_on_resume(k)]
+        shown = ", ".join(f"{k}={payload['config'].get(k)!r} there, {flat.get(k)!r} here" for k in differs[:3])
+        raise ConfigError(f"resume={resume!r}: the checkpoint was made with another config ({shown})")
+    return payload
+
+
+def _ignored_on_resume(key: str) -> bool:
+    from rnnlab.config import RESUME_FREE_KEYS
+
+    return key in RESUME_FREE_KEYS or key.startswith("tracking.")
+
+
+def _log_traceback(tracker: Any, output_dir: Path) -> None:
+    """A failed run keeps its traceback: in the output folder and as an MLflow artifact."""
+    import traceback
+
+    path = output_dir / "traceback.txt"
+    path.write_text(traceback.format_exc())
+    tracker.log_artifact(path)
 
 
 def _git_commit() -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class TrainConfig:
     weight_decay: float = _bounded(0.0, ge=0)
     clip: float = _bounded(1.0, ge=0)  # max global gradient norm; 0 turns clipping off
     patience: int = _bounded(4, ge=0)  # early stopping: epochs without a better val loss; 0 = off
+    on_nonfinite: Literal["fail", "skip"] = "fail"  # a NaN/inf loss: end the run, or skip that step
     steps_per_epoch: int = _bounded(0, ge=0)  # cap on optimiser steps per epoch; 0 = a full pass
     eval_batch_size: int = _bounded(1024, ge=1)
 
@@ -88,6 +90,7 @@ class Config:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     allocator: Literal["tuned", "system"] = "tuned"  # tuned: no per-step mmap/munmap (see README)
     quiet: bool = False  # no progress bar (sweeps)
+    resume: str | None = None  # a checkpoint file or folder, a run id, or auto (see README)
 
 
 # --------------------------------------------------------------------------------- validation
@@ -224,4 +227,51 @@ def flatten(cfg: Config) -> dict[str, Any]:
                 out[f"{prefix}{key}"] = value
 
     walk(cfg, "")
+    return out
+
+
+# ------------------------------------------------------------------- identity and redaction
+
+# Keys that may differ between a run and its resumption: how it runs, not what it computes.
+RESUME_FREE_KEYS = frozenset({"resume", "quiet", "allocator", "device", "train.epochs"})
+
+_SECRET_NAME = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+_ENV_REFERENCE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.IGNORECASE)
+
+
+def config_hash(flat: dict[str, Any]) -> str:
+    """A short fingerprint of what a run computes (for resume=auto and the run's tags)."""
+    import hashlib
+    import json
+
+    kept = {k: v for k, v in flat.items() if k not in RESUME_FREE_KEYS and not k.startswith("tracking.")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def secret_keys(unresolved: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted keys whose value comes from an environment variable named like a secret
+    (``${oc.env:DB_PASSWORD}``): their values are never logged."""
+    found: set[str] = set()
+    for key, value in unresolved.items():
+        if isinstance(value, dict):
+            found |= secret_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and any(_SECRET_NAME.search(m) for m in _ENV_REFERENCE.findall(value)):
+            found.add(f"{prefix}{key}")
+    return found
+
+
+def redact(values: dict[str, Any], secrets: set[str] | frozenset[str], prefix: str = "") -> dict[str, Any]:
+    """A copy with secret keys masked and passwords in URIs (scheme://user:pw@host) masked."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = redact(value, secrets, f"{dotted}.")
+        elif dotted in secrets:
+            out[key] = "***"
+        elif isinstance(value, str):
+            out[key] = _URI_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", value)
+        else:
+            out[key] = value
     return out

@@ -50,3 +50,45 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class StopOnSignal:
+    """Turns SIGTERM and SIGUSR1 (what Slurm sends before it kills a job) and a first Ctrl-C
+    into a polite request: the training loop polls ``requested`` after each step, saves a
+    checkpoint and stops. A second Ctrl-C interrupts at once."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self) -> None:
+        import signal
+
+        self.signal: int | None = None
+        self._previous = {}
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame: object) -> None:
+        import signal
+
+        if self.signal == signal.SIGINT and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = number
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports it: 143 for SIGTERM and (by Slurm convention for
+        a preempted job) SIGUSR1, 130 for Ctrl-C."""
+        import signal
+
+        return 130 if self.signal == signal.SIGINT else 143
+
+    def restore(self) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)

@@ -68,27 +68,53 @@ def check_reachable(uri: str) -> None:
             raise TrackingError(f"tracking.uri={uri!r}: cannot connect to {url.hostname}:{port} ({e})") from None
 
 
+HEARTBEAT_SECONDS = 30.0  # the writer stamps rnnlab.heartbeat this often while the trainer lives
+RETRY_SECONDS = 5.0  # how often the writer retries a store that went away
+SPOOL = "tracking-spool.jsonl"  # undelivered work, beside the run's other files, until delivered
+
+
 class Tracker:
     """One MLflow run, fed by the training process, written by a separate writer process.
 
     A process, not a thread: importing MLflow and opening a store holds the GIL for seconds,
-    which a thread would take from the job's own start-up and first steps. The writer also
-    outlives a trainer killed with SIGKILL long enough to mark the run KILLED.
+    which a thread would take from the job's own start-up and first steps. Every method only
+    queues, so training never waits on the store, even while the store is down (the writer
+    spools and replays). The writer also outlives a trainer killed with SIGKILL long enough
+    to mark the run KILLED. ``run_id`` continues an existing run (resume).
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> None:
+    def __init__(
+        self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
+        run_id: str | None = None, spool_dir: Path | None = None,
+    ) -> None:
         check_reachable(uri)
         self.uri = uri
-        self.run_id: str | None = None
+        self._run_id = run_id
         self.experiment_id: str | None = None
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
         self._work = context.Queue()
         self._replies = context.Queue()
+        spool = str(Path(spool_dir) / SPOOL) if spool_dir is not None else None
         self._writer = context.Process(
-            target=_write, args=(self._work, self._replies, uri, experiment, run_name, tags, os.getpid()),
+            target=_write,
+            args=(self._work, self._replies, uri, experiment, run_name, tags, run_id, spool, os.getpid()),
             name="rnnlab-tracking", daemon=True,
         )
         self._writer.start()
+        self._error: str | None = None
+        self._finished = False
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id once the writer has created (or reopened) it; None until then."""
+        while not self._finished and (self._run_id is None or self.experiment_id is None):
+            try:
+                _, run_id, experiment_id, error = self._replies.get_nowait()
+            except queue.Empty:
+                break
+            self._run_id, self.experiment_id = run_id or self._run_id, experiment_id
+            self._error = self._error or error
+        return self._run_id
 
     # Each call only queues: the training thread never waits on the store.
     def log_params(self, params: dict[str, Any]) -> None:
@@ -105,18 +131,29 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._work.put(("artifact", (str(path), artifact_path)))
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """Send everything queued, retry what failed, end the run with ``status``, and wait."""
-        self._work.put(("finish", status))
+    def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> None:
+        """Deliver what is queued, end the run with ``status``, and wait up to ``timeout``
+        seconds (what is still undelivered then stays in the spool file for a replay)."""
+        self._work.put(("finish", (status, timeout)))
+        deadline = time.monotonic() + timeout + 0.5
         while True:
             try:
-                self.run_id, self.experiment_id, error = self._replies.get(timeout=1.0)
-                break
+                kind, run_id, experiment_id, error = self._replies.get(timeout=1.0)
             except queue.Empty:
                 if not self._writer.is_alive():
-                    error = f"the tracking process died (exit code {self._writer.exitcode})"
+                    error = self._error or f"the tracking process died (exit code {self._writer.exitcode})"
                     break
-        self._writer.join(timeout=10)
+                if time.monotonic() > deadline:
+                    error = None  # the writer goes on alone; the spool keeps what it could not send
+                    break
+                continue
+            self._run_id, self.experiment_id = run_id or self._run_id, experiment_id or self.experiment_id
+            self._error = self._error or error
+            if kind == "done":
+                error = self._error
+                break
+        self._writer.join(timeout=1)
+        self._finished = True
         for q in (self._work, self._replies):  # release their semaphores now, not at exit
             q.close()
             q.join_thread()
@@ -124,96 +161,170 @@ class Tracker:
             raise TrackingError(f"tracking.uri={self.uri!r}: {error}")
 
 
-def _write(work: Any, replies: Any, uri: str, experiment: str, run_name: str, tags: dict[str, str], parent: int) -> None:
-    """The writer process: open the store, create the run, send batches until told to finish.
-    If the trainer dies without saying so (SIGKILL), end the run as KILLED."""
+def _write(
+    work: Any, replies: Any, uri: str, experiment: str, run_name: str, tags: dict[str, str],
+    run_id: str | None, spool: str | None, parent: int,
+) -> None:
+    """The writer process: open the store, create (or reopen) the run, send batches until told
+    to finish, stamp a heartbeat, and retry a store that went away. If the trainer dies
+    without saying so (SIGKILL), end the run as KILLED."""
     # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the trainer decides how
     # the run ends and says so; the writer must live to write it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # MLflow's HTTP client retries for ~4 minutes by default; here a failed call is spooled
+    # and retried by the writer, so each attempt should fail fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     try:
-        sender: Sender | None = Sender(uri, experiment, run_name, tags)
-        error = None
+        sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool)
+        replies.put(("started", sender.run_id, sender.experiment_id, None))
     except Exception as e:
-        sender, error = None, _one_line(e)
+        sender = None
+        replies.put(("started", None, None, _one_line(e)))
     while True:
         try:
             items = [work.get(timeout=1.0)]
         except queue.Empty:
             if os.getppid() != parent:  # the trainer is gone
                 if sender is not None:
-                    sender.finish("KILLED")
+                    sender.finish("KILLED", timeout=30)
                 return
+            if sender is not None:
+                sender.tick()
             continue
         while items[-1][0] != "finish":  # drain what is queued, so metrics go in few calls
             try:
                 items.append(work.get_nowait())
             except queue.Empty:
                 break
-        if sender is not None:
-            sender.send(items)
+        if sender is None:
+            if items[-1][0] == "finish":
+                replies.put(("done", None, None, None))
+                return
+            continue
+        sender.send([item for item in items if item[0] != "finish"])
+        sender.tick()
         if items[-1][0] == "finish":
-            if sender is not None:
-                sender.finish(items[-1][1])
-            replies.put((sender and sender.run_id, sender and sender.experiment_id, error))
+            status, timeout = items[-1][1]
+            sender.finish(status, timeout)
+            replies.put(("done", sender.run_id, sender.experiment_id, None))
             return
 
 
 class Sender:
-    """Talks to the store: creates the run, sends queued work in batches (at most 1,000
-    metrics a call, never one call per value), warns once on a failed call and retries its
-    work once at the end."""
+    """Talks to the store. Sends work in order and in batches (at most 1,000 metrics a call,
+    never one call per value). When a call fails, that work and everything after it wait in
+    ``pending`` (and in the spool file, should this process die too) and are retried every
+    few seconds, in order, so nothing is lost or reordered across an outage."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> None:
+    def __init__(
+        self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
+        run_id: str | None = None, spool: str | None = None,
+    ) -> None:
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." is noise
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri
         self.client = MlflowClient(uri)
-        self.experiment_id = self._experiment_id(experiment)
-        self.run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
-        self.failed: list[tuple[str, Any]] = []
+        self.spool = Path(spool) if spool else None
+        self.pending: list[tuple[str, Any]] = []
         self.warned = False
+        self.last_try = self.last_beat = 0.0
+        if run_id is None and "rnnlab.run_key" in tags:
+            # A checkpoint saved before its run existed knows the run only by the trainer's key.
+            run_id = _opening(lambda: find_run(self.client, tags["rnnlab.run_key"]))
+        if run_id is None:
+            self.experiment_id = _opening(lambda: self._experiment_id(experiment))
+            self.run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        else:  # resume: the same run goes on
+            self.run_id = run_id
+            self.experiment_id = _opening(lambda: self.client.get_run(run_id).info.experiment_id)
+            self.client.update_run(run_id, status="RUNNING")
+            self._deliver([("tags", tags)])
+        self.tick()
 
     def send(self, work: list[tuple[str, Any]]) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        if self.pending:  # an outage is on: keep the order, try again on the next tick
+            self.pending += work
+            self._write_spool()
+            return
+        self._deliver(work)
 
-        metrics = [m for kind, payload in work if kind == "metrics" for m in payload]
-        for i in range(0, len(metrics), MAX_METRICS_PER_CALL):
-            chunk = metrics[i : i + MAX_METRICS_PER_CALL]
-            batch = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
-            self._call(lambda: self.client.log_batch(self.run_id, metrics=batch), ("metrics", chunk))
+    def tick(self) -> None:
+        """Called about once a second: retry pending work, stamp the heartbeat."""
+        now = time.monotonic()
+        if self.pending and now - self.last_try >= RETRY_SECONDS:
+            retry, self.pending = self.pending, []
+            self._deliver(retry)
+        if not self.pending and now - self.last_beat >= HEARTBEAT_SECONDS:
+            self.last_beat = now
+            beat = {"rnnlab.heartbeat": str(int(time.time())), "rnnlab.heartbeat_interval": str(int(HEARTBEAT_SECONDS))}
+            self._deliver([("tags", beat)])
+
+    def finish(self, status: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+            self.last_try = 0.0
+            self.tick()
+        self.send([("status", status)])
+        if self.pending:
+            print(f"rnnlab: warning: the tracking store is unreachable; {len(self.pending)} item(s) "
+                  f"are kept in {self.spool} (python -m rnnlab.reap --replay sends them)", file=sys.stderr)
+        elif self.spool is not None:
+            self.spool.unlink(missing_ok=True)
+
+    def _deliver(self, work: list[tuple[str, Any]]) -> None:
+        """Send work in order; on the first failure keep it and the rest pending."""
+        self.last_try = time.monotonic()
+        for i, (kind, payload) in enumerate(self._batched(work)):
+            try:
+                self._send_one(kind, payload)
+            except Exception as e:
+                self.pending = list(self._batched(work))[i:]
+                self._write_spool()
+                if not self.warned:
+                    self.warned = True
+                    print(f"rnnlab: warning: MLflow call failed ({_one_line(e)}); "
+                          f"retrying every {RETRY_SECONDS:.0f} s, training goes on", file=sys.stderr)
+                return
+        if self.spool is not None and self.spool.exists():
+            self.spool.unlink()
+
+    @staticmethod
+    def _batched(work: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """Merge consecutive metrics into calls of at most 1,000; split params into 100s."""
+        out: list[tuple[str, Any]] = []
         for kind, payload in work:
-            if kind == "params":
+            if kind == "metrics" and out and out[-1][0] == "metrics" and len(out[-1][1]) + len(payload) <= MAX_METRICS_PER_CALL:
+                out[-1] = ("metrics", out[-1][1] + list(payload))
+            elif kind == "metrics":
+                payload = list(payload)
+                out += [("metrics", payload[i : i + MAX_METRICS_PER_CALL]) for i in range(0, len(payload), MAX_METRICS_PER_CALL)]
+            elif kind == "params":
                 items = list(payload.items())
-                for i in range(0, len(items), MAX_PARAMS_PER_CALL):
-                    part = dict(items[i : i + MAX_PARAMS_PER_CALL])
-                    batch = [Param(k, v) for k, v in part.items()]
-                    self._call(lambda: self.client.log_batch(self.run_id, params=batch), ("params", part))
-            elif kind == "tags":
-                batch = [RunTag(k, v) for k, v in payload.items()]
-                self._call(lambda: self.client.log_batch(self.run_id, tags=batch), (kind, payload))
-            elif kind == "artifact":
-                path, artifact_path = payload
-                self._call(lambda: self.client.log_artifact(self.run_id, path, artifact_path), (kind, payload))
+                out += [("params", dict(items[i : i + MAX_PARAMS_PER_CALL])) for i in range(0, len(items), MAX_PARAMS_PER_CALL)]
+            else:
+                out.append((kind, payload))
+        return out
 
-    def finish(self, status: str) -> None:
-        retry, self.failed = self.failed, []
-        self.send(retry)
-        if self.failed:
-            print(f"rnnlab: warning: {len(self.failed)} MLflow call(s) failed twice; "
-                  "their data is not in the run", file=sys.stderr)
-        self._call(lambda: self.client.set_terminated(self.run_id, status), None)
+    def _send_one(self, kind: str, payload: Any) -> None:
+        _send(self.client, self.run_id, kind, payload)
 
-    def _call(self, send: Any, work: tuple[str, Any] | None) -> None:
-        """A failed call never kills training: warn once, keep the work for one retry at the end."""
-        try:
-            send()
-        except Exception as e:
-            if work is not None:
-                self.failed.append(work)
-            if not self.warned:
-                self.warned = True
-                print(f"rnnlab: warning: MLflow call failed ({_one_line(e)}); will retry at the end", file=sys.stderr)
+    def _write_spool(self) -> None:
+        if self.spool is None:
+            return
+        import json
+
+        lines = [json.dumps({"uri": self.uri, "run_id": self.run_id})]
+        lines += [json.dumps([kind, payload]) for kind, payload in self.pending]
+        temp = self.spool.with_suffix(".tmp")
+        temp.write_text("\n".join(lines) + "\n")
+        os.replace(temp, self.spool)
 
     def _experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -242,7 +353,36 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def finish(self, status: str = "FINISHED") -> None: ...
+    def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> None: ...
+
+
+def _send(client: Any, run_id: str, kind: str, payload: Any) -> None:
+    """One unit of queued work, as one MLflow call."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in payload])
+    elif kind == "params":
+        client.log_batch(run_id, params=[Param(k, v) for k, v in payload.items()])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in payload.items()])
+    elif kind == "artifact":
+        path, artifact_path = payload
+        client.log_artifact(run_id, path, artifact_path)
+    elif kind == "status":
+        client.set_terminated(run_id, payload)
+
+
+def _opening(first_call: Any, attempts: int = 10) -> Any:
+    """The first call on a store, retried: processes that open a brand-new SQLite store at once
+    race to create its tables ("table ... already exists"); the loser waits for the winner."""
+    for attempt in range(attempts):
+        try:
+            return first_call()
+        except Exception as e:
+            if "already exists" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt * 0.5)
 
 
 def _one_line(error: BaseException) -> str:
@@ -276,3 +416,59 @@ def plot_predictions(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def find_run(client: Any, run_key: str) -> str | None:
+    """The run tagged with the trainer's own key (``rnnlab.run_key``), in any experiment."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.`rnnlab.run_key` = '{run_key}'", max_results=1) if ids else []
+    return runs[0].info.run_id if runs else None
+
+
+def run_key_of(uri: str, run_id: str) -> str | None:
+    """The trainer's key of an MLflow run (to find its checkpoint), or None."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(uri).get_run(run_id).data.tags.get("rnnlab.run_key")
+    except Exception:
+        return None
+
+
+def reap(uri: str, experiment: str | None = None, now: float | None = None) -> list[str]:
+    """Mark KILLED every RUNNING rnnlab run whose heartbeat is older than twice its interval
+    (its trainer and writer are both gone: a dead node, kill -9 of the whole job). Runs
+    without a heartbeat tag are not rnnlab's and are left alone. Returns the reaped run ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    ids = [e.experiment_id for e in experiments if e is not None]
+    now = time.time() if now is None else now
+    reaped = []
+    for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=50000):
+        beat, interval = run.data.tags.get("rnnlab.heartbeat"), run.data.tags.get("rnnlab.heartbeat_interval")
+        if beat is None or interval is None:
+            continue
+        if now - float(beat) > 2 * float(interval):
+            client.set_tag(run.info.run_id, "rnnlab.reaped", f"heartbeat {now - float(beat):.0f} s old")
+            client.set_terminated(run.info.run_id, "KILLED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+def replay(spool: Path) -> int:
+    """Send what a writer left in its spool file (the store was down when its run ended), in
+    order, then remove the file. Returns the number of items sent."""
+    import json
+
+    lines = Path(spool).read_text().splitlines()
+    header = json.loads(lines[0])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(header["uri"])
+    items = [tuple(json.loads(line)) for line in lines[1:] if line.strip()]
+    for kind, payload in Sender._batched(items):
+        _send(client, header["run_id"], kind, payload)
+    Path(spool).unlink()
+    return len(items)

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,40 @@ def evaluate(model: nn.Module, data: Windows, split: str, batch_size: int, devic
     return float(np.mean((predict(model, data, split, batch_size, device) - data.targets(split)) ** 2))
 
 
+class Interrupted(Exception):
+    """Training stopped on request (preemption, Ctrl-C) after saving a checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped: a resumed run ends
+    with the same weights and losses, bit for bit, as one that never stopped (on CPU).
+
+    Plain values and tensors only, so a checkpoint loads with ``weights_only=True``.
+    """
+
+    epoch: int  # the epoch to run next, or the one in progress
+    batch: int  # batches of that epoch already done
+    step: int  # optimiser steps so far
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    best_val: float
+    best_epoch: int
+    best_model: dict[str, Tensor]
+    history: list[dict[str, float]]
+    sums: dict[str, Tensor]  # the epoch in progress: its running loss, norm, clip and skip sums
+    data_rng: dict[str, Any]  # the window-order generator as it was when that epoch began
+    torch_rng: Tensor  # dropout's randomness
+    cuda_rng: list[Tensor] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "TrainState":
+        return cls(**payload)
+
+
 def train(
     model: nn.Module,
     data: Windows,
@@ -97,10 +132,18 @@ def train(
     log: Log = lambda metrics, step: None,
     on_epoch_end: Callable[[int, float], None] = lambda epoch, val_loss: None,
     progress: Progress = lambda epoch, batch, n_batches, loss, val: None,
+    resume: TrainState | None = None,
+    save: Callable[[TrainState], None] = lambda state: None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Train with early stopping on the validation loss; the model ends with its best weights.
 
-    Raises NonFiniteError on the step where the loss or gradient norm stops being finite."""
+    ``save`` receives a TrainState at every epoch's end and before an interruption;
+    ``resume`` continues from one. ``stop_requested`` is polled after every step: when it
+    says yes, the state is saved and Interrupted raised. A NaN/inf loss or gradient norm
+    raises NonFiniteError on its step (or, with ``cfg.on_nonfinite="skip"``, skips the
+    update and counts it).
+    """
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -111,17 +154,40 @@ def train(
         n_batches = min(n_batches, cfg.steps_per_epoch)
 
     best_val, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    history, step, epoch = [], 0, 0
-    for epoch in range(1, cfg.epochs + 1):
+    history: list[dict[str, float]] = []
+    step, first_epoch, done = 0, 1, 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        best_val, best_epoch, best_state = resume.best_val, resume.best_epoch, resume.best_model
+        history, step, first_epoch, done = list(resume.history), resume.step, resume.epoch, resume.batch
+        rng.bit_generator.state = resume.data_rng
+        torch.set_rng_state(resume.torch_rng)
+        if resume.cuda_rng:
+            torch.cuda.set_rng_state_all(resume.cuda_rng)
+
+    def snapshot(epoch: int, batch: int, sums: dict[str, Tensor], data_rng: dict[str, Any]) -> TrainState:
+        return TrainState(
+            epoch=epoch, batch=batch, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            best_val=best_val, best_epoch=best_epoch, best_model=best_state, history=history, sums=sums,
+            data_rng=data_rng, torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        )
+
+    epoch = first_epoch
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
+        epoch_rng = copy.deepcopy(rng.bit_generator.state)  # where this epoch's window order comes from
         # Sums stay on the device: a .item() per step would be a host-device sync point.
-        loss_sum = torch.zeros((), device=device)
-        norm_sum = torch.zeros((), device=device)
-        clipped = torch.zeros((), device=device)
+        sums = {k: torch.zeros((), device=device) for k in ("loss", "norm", "clipped", "skipped")}
+        if resume is not None and epoch == resume.epoch:
+            sums = {k: v.to(device) for k, v in resume.sums.items()}
         for batch, (x, y) in enumerate(data.batches("train", cfg.batch_size, rng)):
             if batch == n_batches:
                 break
+            if batch < done:  # resuming mid-epoch: same order, skip what was done
+                continue
             x, y = x.to(device), y.to(device)
             loss = F.mse_loss(forward_truncated(model, x, truncation), y)
             optimizer.zero_grad(set_to_none=True)
@@ -131,20 +197,29 @@ def train(
             # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught
             # before optimizer.step(), so the weights stay the last good ones.
             if not torch.isfinite(norm):
-                raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
-            optimizer.step()
-            loss_sum += loss.detach()
-            norm_sum += norm
-            clipped += norm > max_norm
+                if cfg.on_nonfinite == "fail":
+                    raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
+                sums["skipped"] += 1
+            else:
+                optimizer.step()
+                sums["loss"] += loss.detach()
+                sums["norm"] += norm
+                sums["clipped"] += norm > max_norm
             if batch % 20 == 0:
                 progress(epoch, batch + 1, n_batches, loss.item(), best_val if best_epoch else None)
+            if stop_requested():
+                save(snapshot(epoch, batch + 1, sums, epoch_rng))
+                raise Interrupted(f"stopped at step {step} (epoch {epoch}, batch {batch + 1}/{n_batches})")
+        done = 0
 
         val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
+        good = max(n_batches - sums["skipped"].item(), 1)
         metrics = {
-            "train_loss": loss_sum.item() / n_batches,
+            "train_loss": sums["loss"].item() / good,
             "val_loss": val_loss,
-            "grad_norm": norm_sum.item() / n_batches,
-            "clip_rate": clipped.item() / n_batches,
+            "grad_norm": sums["norm"].item() / good,
+            "clip_rate": sums["clipped"].item() / good,
+            "nonfinite_skips": sums["skipped"].item(),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - started,
         }
@@ -154,9 +229,11 @@ def train(
             best_val, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
         progress(epoch, n_batches, n_batches, metrics["train_loss"], best_val)
+        stop = bool(cfg.patience and epoch - best_epoch >= cfg.patience)
+        save(snapshot(cfg.epochs + 1 if stop else epoch + 1, 0, {}, copy.deepcopy(rng.bit_generator.state)))
         on_epoch_end(epoch, val_loss)
-        if cfg.patience and epoch - best_epoch >= cfg.patience:
+        if stop:
             break
 
     model.load_state_dict(best_state)
-    return TrainResult(best_val, best_epoch, epoch, step, history)
+    return TrainResult(best_val, best_epoch, len(history), step, history)

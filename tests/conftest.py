@@ -39,3 +39,55 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback, started the way the README recommends
+    (python -m rnnlab.server), that a test can stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        import time
+        import urllib.request
+
+        args = [sys.executable, "-m", "rnnlab.server", "--port", str(self.port),
+                "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+                "--artifacts-destination", str(self.folder / "artifacts")]
+        self.proc = subprocess.Popen(args, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its workers
+            self.proc.wait(timeout=60)
+            self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -63,7 +63,7 @@ def test_training_learns_and_logs_every_epoch():
     result = train(small_model(), data, TrainConfig(epochs=3, lr=5e-3, batch_size=32, steps_per_epoch=80),
                    log=lambda metrics, step: logged.append((step, metrics)))
     assert [step for step, _ in logged] == [1, 2, 3]
-    assert set(logged[0][1]) == {"train_loss", "val_loss", "grad_norm", "clip_rate", "lr", "epoch_seconds"}
+    assert set(logged[0][1]) == {"train_loss", "val_loss", "grad_norm", "clip_rate", "nonfinite_skips", "lr", "epoch_seconds"}
     assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
     assert result.best_val_loss < 0.2 * untrained
 
@@ -106,3 +106,83 @@ def test_a_non_finite_loss_stops_training_on_its_step_with_weights_untouched(dat
     assert info.value.step == 1
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or not torch.isfinite(before[k]).all() for k in before)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _params_hash(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _run_with_stops(data, stops: list[int], tmp_path, corrupt=None):
+    """Train, stopping after each global step in ``stops``, saving, reloading from disk
+    (weights_only) and resuming in a freshly built model; ``corrupt`` damages the saved state."""
+    from rnnlab import checkpoint
+    from rnnlab.train import Interrupted, TrainState
+
+    cfg = TrainConfig(epochs=3, steps_per_epoch=12, batch_size=32, lr=5e-3)
+    counter = {"steps": 0}
+    pending = list(stops)
+
+    def stop_requested():
+        counter["steps"] += 1
+        return bool(pending) and counter["steps"] == pending[0]
+
+    state = None
+    path = tmp_path / "checkpoint.pt"
+    while True:
+        torch.manual_seed(99)  # a different init: the weights must come from the checkpoint
+        model = StackedRNN("lstm", 10, 8, depth=2, dropout=0.3)
+        if state is None:
+            torch.manual_seed(1)
+            model = StackedRNN("lstm", 10, 8, depth=2, dropout=0.3)
+        try:
+            result = train(model, data, cfg, truncation=10, seed=3, resume=state,
+                           save=lambda s: checkpoint.save(s.payload(), path), stop_requested=stop_requested)
+            return result, model
+        except Interrupted:
+            pending.pop(0)
+            state = TrainState.from_payload(checkpoint.load(path))
+            counter["steps"] = state.step
+            if corrupt:
+                corrupt(state)
+
+
+def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(data, tmp_path):
+    straight, model = _run_with_stops(data, [], tmp_path)
+    once, model_once = _run_with_stops(data, [17], tmp_path)  # mid-epoch 2
+    twice, model_twice = _run_with_stops(data, [5, 12], tmp_path)  # mid-epoch 1, then at its very end
+    for other, other_model in [(once, model_once), (twice, model_twice)]:
+        assert [h["train_loss"].hex() for h in other.history] == [h["train_loss"].hex() for h in straight.history]
+        assert [h["val_loss"].hex() for h in other.history] == [h["val_loss"].hex() for h in straight.history]
+        assert other.best_val_loss.hex() == straight.best_val_loss.hex() and other.steps == straight.steps
+        assert _params_hash(other_model) == _params_hash(model)
+
+
+@pytest.mark.parametrize("skip", ["data_rng", "torch_rng"])
+def test_negative_control_resume_without_restoring_an_rng_diverges(data, tmp_path, skip):
+    straight, model = _run_with_stops(data, [], tmp_path)
+
+    def corrupt(state):
+        if skip == "data_rng":
+            state.data_rng = np.random.default_rng(12345).bit_generator.state
+        else:
+            state.torch_rng = torch.Generator().manual_seed(12345).get_state()
+
+    resumed, other = _run_with_stops(data, [17], tmp_path, corrupt=corrupt)
+    assert _params_hash(other) != _params_hash(model)
+    assert [h["train_loss"] for h in resumed.history] != [h["train_loss"] for h in straight.history]
+
+
+def test_skip_policy_skips_non_finite_steps_and_counts_them(data):
+    model = small_model()
+    model.head.bias.data.fill_(float("nan"))
+    result = train(model, data, TrainConfig(epochs=1, steps_per_epoch=5, batch_size=8, on_nonfinite="skip"))
+    assert result.history[0]["nonfinite_skips"] == 5 and result.steps == 5
