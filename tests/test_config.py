@@ -109,3 +109,23 @@ def test_tracking_uri_comes_from_the_environment_when_set(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert validate(composed()).tracking.uri == "http://tracking.example:5000"
     assert validate(composed("tracking.uri=sqlite:///x.db")).tracking.uri == "sqlite:///x.db"
+
+
+def test_config_cannot_instantiate_arbitrary_classes():
+    with pytest.raises(ConfigError, match=r"cell._target_ is not an option of cell 'lstm'"):
+        validate(composed("+cell._target_=os.system"))
+    with pytest.raises(ConfigError, match=r"unknown key '_target_'"):
+        validate(composed("+_target_=subprocess.call"))
+
+
+def test_secrets_are_redacted_but_nothing_else():
+    from rnnlab.config import redact, secret_keys
+
+    unresolved = {"tracking": {"uri": "${oc.env:MLFLOW_TRACKING_URI,sqlite:///x.db}", "experiment": "e"},
+                  "data": {"path": "${oc.env:S3_SECRET_KEY}", "target": "y"}}
+    assert secret_keys(unresolved) == {"data.path"}
+    resolved = {"tracking": {"uri": "postgresql://ann:hunter2@db.example:5432/mlflow", "experiment": "e"},
+                "data": {"path": "s3://bucket/abc?sig=123", "target": "y"}, "depth": 4}
+    out = redact(resolved, {"data.path"})
+    assert out == {"tracking": {"uri": "postgresql://ann:***@db.example:5432/mlflow", "experiment": "e"},
+                   "data": {"path": "***", "target": "y"}, "depth": 4}
