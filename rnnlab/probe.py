@@ -1,0 +1,183 @@
+"""The gradient probe: ||dL/dh^l_t|| per layer and time step, weight-gradient norms per
+parameter group, the global norm before and after clipping, and the recurrent matrices'
+spectral radius and largest singular value (Pascanu et al. 2013). Plain torch; returns arrays.
+
+What is measured (../shared/spec/CELLS.md, "What gradient norms means"): the *total*
+derivative of the loss with respect to each layer's hidden state h^l_t, on every path, both
+up through the layers above and back through time. For each sample the L2 norm over the h
+units; then the mean over the batch.
+
+How, exactly, even for fused kernels. Retaining the gradient of a fused layer's output
+sequence gives only the part that flows up through the next layer: the part that flows back
+through time stays inside the kernel. So on a probed step each layer is run in chunks of
+``resolution`` steps with its own ``scan`` (the same function, whichever kernel), and two
+fresh nodes are put on each chunk's edges:
+
+    chunk j:  x[t0:t1] --scan--> out ──clone──> up (to the layer above / the head)
+                          state ──clone──> handed (to chunk j+1: back through time)
+
+At the chunk's last step t1-1, dL/dh = grad(up)[t1-1] + grad(handed): exactly the total
+derivative, whatever the cell does inside ``scan``. With resolution 1 every step is exact;
+with resolution k every k-th step is (the others are NaN: not measured). The probed step is
+the training step itself (no extra forward or backward), with truncated BPTT as training
+does it: steps before the truncation window get no gradient and read 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rnnlab.cells import Cell, State
+
+
+@dataclass
+class ProbeRecord:
+    step: int
+    dh: np.ndarray  # (layers, directions, T) mean over the batch of ||dL/dh^l_t||; NaN: not measured
+    weight_norms: dict[str, float]  # "l0.recurrent", "l0.recurrent.g1", ... -> ||dL/dW||
+    grad_norm: float  # global, before clipping
+    grad_norm_clipped: float  # after
+    clipped: bool
+    spectral_radius: np.ndarray  # (layers,) of the recurrent matrix (max over gate blocks); NaN: none
+    max_singular: np.ndarray  # (layers,)
+
+
+@dataclass
+class Probe:
+    """Decides which steps are probed and turns them into ProbeRecords (kept in ``records``)."""
+
+    every: int  # probe every ``every`` optimiser steps; 0 = never
+    resolution: int = 1  # exact ||dL/dh_t|| at every ``resolution``-th step (1: all)
+    records: list[ProbeRecord] = field(default_factory=list)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def forward(self, model: nn.Module, x: Tensor, truncation: int) -> Tensor:
+        """The training forward of a probed step: same outputs and gradients as
+        ``forward_truncated``, with the chunk edges recorded."""
+        T = x.size(1)
+        k = truncation if 0 < truncation < T else T
+        state = None
+        if k < T:
+            with torch.no_grad():
+                _, state = model(x[:, : T - k])
+        self._edges: list[list[tuple[int, Tensor, Tensor | None]]] = []  # per (layer, direction)
+        self._T, self._offset = T, T - k
+
+        def run(cell: Cell, x: Tensor, state: State, direction: int, layer: int) -> tuple[Tensor, State]:
+            return self._chunked(cell, x, state, layer, direction)
+
+        features, _ = model.features(x[:, T - k :], state, run=run)
+        return model.head(features)
+
+    def _chunked(self, cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
+        edges: list[tuple[int, Tensor, Tensor | None]] = []
+        outs = []
+        for start in range(0, x.size(1), self.resolution):
+            out, state = cell.scan(x[:, start : start + self.resolution], state)
+            up = out.clone()  # what the layer above and the head read
+            up.retain_grad()
+            handed = state[0].clone()  # h, as the next chunk reads it
+            handed.retain_grad()
+            state = (handed, *state[1:])
+            edges.append((start + out.size(1) - 1, up, handed))
+            outs.append(up)
+        while len(self._edges) <= 2 * layer + direction:
+            self._edges.append([])
+        self._edges[2 * layer + direction] = edges
+        return torch.cat(outs, 1), state
+
+    def record(self, model: nn.Module, step: int, grad_norm: float, max_norm: float) -> ProbeRecord:
+        """After backward (grads in place, before clipping): collect everything for this step."""
+        layers = len(model.layers)
+        directions = 2 if getattr(model, "backward_layers", None) is not None else 1
+        dh = np.full((layers, directions, self._T), np.nan)
+        dh[:, :, : self._offset] = 0.0  # before the truncation window: no gradient reaches
+        for index, edges in enumerate(self._edges):
+            layer, direction = divmod(index, 2)
+            if not edges or layer >= layers:
+                continue
+            for t, up, handed in edges:
+                g = up.grad[:, t - (t // self.resolution) * self.resolution] if up.grad is not None else 0.0
+                if handed.grad is not None:
+                    g = g + handed.grad
+                norm = torch.as_tensor(g).double().norm(dim=-1).mean().item() if torch.is_tensor(g) else 0.0
+                time = t if direction == 0 else (self._T - self._offset - 1 - t)  # backward cell runs reversed
+                dh[layer, direction, self._offset + time] = norm
+        radius, singular = spectra(model)
+        record = ProbeRecord(
+            step=step, dh=dh, weight_norms=weight_norms(model), grad_norm=grad_norm,
+            grad_norm_clipped=min(grad_norm, max_norm), clipped=grad_norm > max_norm,
+            spectral_radius=radius, max_singular=singular,
+        )
+        self.records.append(record)
+        self._edges = []
+        return record
+
+
+def weight_norms(model: nn.Module) -> dict[str, float]:
+    """||dL/dW|| per layer and group (input, recurrent, bias, peephole, other), and per gate
+    where a cell stacks its gates in one matrix (rows = gates x hidden)."""
+    out: dict[str, float] = {}
+    cells = list(model.layers) + list(getattr(model, "backward_layers", None) or [])
+    for index, cell in enumerate(cells):
+        layer = f"l{index}" if index < len(model.layers) else f"l{index - len(model.layers)}b"
+        sums: dict[str, float] = {}
+        for name, p in cell.named_parameters():
+            if p.grad is None:
+                continue
+            group = _group(name)
+            sums[group] = sums.get(group, 0.0) + p.grad.double().pow(2).sum().item()
+            gates = p.size(0) // cell.hidden_size if p.dim() >= 1 and p.size(0) % cell.hidden_size == 0 else 1
+            if gates > 1:
+                for g, block in enumerate(p.grad.double().chunk(gates, 0)):
+                    key = f"{group}.g{g}"
+                    sums[key] = sums.get(key, 0.0) + block.pow(2).sum().item()
+        out.update({f"{layer}.{k}": math.sqrt(v) for k, v in sums.items()})
+    return out
+
+
+def _group(name: str) -> str:
+    leaf = name.rsplit(".", 1)[-1].lower()
+    if "ih" in leaf or leaf.startswith(("w_in", "input", "weight_x", "w_x")):
+        return "input"
+    if "hh" in leaf or "recurrent" in leaf or leaf in ("u", "w_h", "weight_h"):
+        return "recurrent"
+    if "peep" in leaf or leaf.startswith("p_"):
+        return "peephole"
+    if "bias" in leaf or leaf.startswith("b"):
+        return "bias"
+    return "other"
+
+
+@torch.no_grad()
+def spectra(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer: the spectral radius and largest singular value of its recurrent matrix (the
+    largest over gate blocks; for a vector recurrence, max |u|). NaN where a cell has none."""
+    radius = np.full(len(model.layers), np.nan)
+    singular = np.full(len(model.layers), np.nan)
+    for index, cell in enumerate(model.layers):
+        W = _recurrent(cell)
+        if W is None:
+            continue
+        W = W.detach().double().cpu()
+        if W.dim() == 1:  # IndRNN: diagonal recurrence
+            radius[index] = singular[index] = W.abs().max().item()
+            continue
+        blocks = W.split(cell.hidden_size, 0) if W.size(0) != W.size(1) else [W]
+        radius[index] = max(torch.linalg.eigvals(b).abs().max().item() for b in blocks if b.size(0) == b.size(1))
+        singular[index] = max(torch.linalg.matrix_norm(b, ord=2).item() for b in blocks)
+    return radius, singular
+
+
+def _recurrent(cell: Cell) -> Tensor | None:
+    for name in ("weight_hh", "recurrent_weight", "W", "u"):
+        value = getattr(cell, name, None)
+        if torch.is_tensor(value):
+            return value
+    return None
