@@ -47,6 +47,25 @@ def clock(fn, reps: int, rng: np.random.Generator, n_starts: int) -> float:
     return float(np.median(times))
 
 
+def interleaved(variants: dict, rounds: int, measure) -> dict[str, float]:
+    """Median over rounds of ``measure(name, fn)``; every round runs every variant in turn."""
+    results = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            results[name].append(measure(name, fn))
+    return {name: float(np.median(t)) for name, t in results.items()}
+
+
+def report(title: str, med: dict[str, float], nbytes: int, refs: dict[str, str], unit: str, scale: float) -> None:
+    """A markdown table: time, GB/s, and speed relative to each reference variant."""
+    print(f"\n{title}")
+    print(f"| variant | {unit} | GB/s | {' | '.join(refs)} |")
+    print("|---" * (3 + len(refs)) + "|")
+    for name, t in med.items():
+        ratios = " | ".join(f"{med[ref] / t:.2f}" for ref in refs.values())
+        print(f"| {name} | {t * scale:.1f} | {nbytes / t / 1e9:.1f} | {ratios} |")
+
+
 def batch_gather(rounds: int, reps: int) -> None:
     rng = np.random.default_rng(0)
     values = rng.standard_normal((N, F)).astype(np.float32)
@@ -68,18 +87,10 @@ def batch_gather(rounds: int, reps: int) -> None:
     slow = {"torch unfold + index_select"}
     for fn in variants.values():  # compile, fault pages in
         fn(np.zeros(B, np.int64))
-    results = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            results[name].append(clock(fn, max(3, reps // 50) if name in slow else reps, rng, n_starts))
-    med = {name: float(np.median(t)) for name, t in results.items()}
-    memcpy = med["memcpy (np.copyto, same bytes)"]
-    fancy = med["numpy fancy indexing"]
-    print(f"\n1. batch gather: N={N:,} x F={F}, lookback {L}, batch {B} ({out_x.nbytes / 1e3:.1f} KB), random starts")
-    print("| variant | us per batch | GB/s | fraction of memcpy | vs numpy fancy |")
-    print("|---|---|---|---|---|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e6:.1f} | {out_x.nbytes / t / 1e9:.1f} | {memcpy / t:.2f} | {fancy / t:.1f}x |")
+    med = interleaved(variants, rounds, lambda name, fn: clock(fn, max(3, reps // 50) if name in slow else reps, rng, n_starts))
+    title = f"1. batch gather: N={N:,} x F={F}, lookback {L}, batch {B} ({out_x.nbytes / 1e3:.1f} KB), random starts"
+    refs = {"fraction of memcpy": "memcpy (np.copyto, same bytes)", "vs numpy fancy": "numpy fancy indexing"}
+    report(title, med, out_x.nbytes, refs, "us per batch", 1e6)
 
 
 def materialise(rounds: int, n_windows: int) -> None:
@@ -94,19 +105,15 @@ def materialise(rounds: int, n_windows: int) -> None:
         "numba windows_into (rnnlab)": lambda: windows_into(values, starts, L, out),
         "np.copyto, same bytes": lambda: np.copyto(out, src),
     }
-    results = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            results[name].append(time.perf_counter() - t0)
-    med = {name: float(np.median(t)) for name, t in results.items()}
-    copy = med["np.copyto, same bytes"]
-    print(f"\n2. materialise {n_windows:,} windows ({out.nbytes / 1e6:.0f} MB) into a preallocated buffer")
-    print("| variant | ms | GB/s | vs np.copyto |")
-    print("|---|---|---|---|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e3:.1f} | {out.nbytes / t / 1e9:.1f} | {copy / t:.2f}x |")
+
+    def once(name: str, fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    med = interleaved(variants, rounds, once)
+    title = f"2. materialise {n_windows:,} windows ({out.nbytes / 1e6:.0f} MB) into a preallocated buffer"
+    report(title, med, out.nbytes, {"vs np.copyto": "np.copyto, same bytes"}, "ms", 1e3)
 
 
 def loader_share(rounds: int, steps: int) -> None:

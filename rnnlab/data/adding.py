@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnlab.data.sequences import Sequences, check_sizes
-from rnnlab.data.series import DataError, Task
+from rnnlab.data.sequences import Sequences, check_generated
+from rnnlab.data.series import Task
 
 
 def _marked(values: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,11 +29,8 @@ def _marked(values: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[
 
 def adding(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: int = 2560, seed: int = 0) -> Sequences:
     """Le et al. 2015's adding problem; ``length`` is T."""
-    if length < 2:
-        raise DataError(f"data.length={length} is out of range (allowed: >= 2, one marker in each half)")
-    check_sizes({"n_train": n_train, "n_val": n_val, "n_test": n_test})
+    n = check_generated(length, 2, ", one marker in each half", {"n_train": n_train, "n_val": n_val, "n_test": n_test})
     rng = np.random.default_rng(seed)
-    n = n_train + n_val + n_test
     values = rng.uniform(0.0, 1.0, (n, length)).astype(np.float32)
     half = length // 2
     x, total = _marked(values, rng.integers(0, half, n), rng.integers(half, length, n))
@@ -44,11 +41,9 @@ def adding(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: i
 def adding_hs(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: int = 2560, seed: int = 0) -> Sequences:
     """Hochreiter & Schmidhuber 1997's adding problem; ``length`` is T. The trivial baseline
     predicts the target's mean, 0.5 (MSE (2/3)/16 = 0.042)."""
-    if length < 20:
-        raise DataError(f"data.length={length} is out of range (allowed: >= 20, the first marker is among the first 10 steps of the first half)")
-    check_sizes({"n_train": n_train, "n_val": n_val, "n_test": n_test})
+    why = ", the first marker is among the first 10 steps of the first half"
+    n = check_generated(length, 20, why, {"n_train": n_train, "n_val": n_val, "n_test": n_test})
     rng = np.random.default_rng(seed)
-    n = n_train + n_val + n_test
     values = rng.uniform(-1.0, 1.0, (n, length)).astype(np.float32)
     first = rng.integers(0, 10, n)
     second = rng.integers(0, length // 2 - 1, n)

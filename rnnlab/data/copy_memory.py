@@ -15,19 +15,16 @@ import math
 
 import numpy as np
 
-from rnnlab.data.sequences import Sequences, check_sizes
-from rnnlab.data.series import DataError, Task
+from rnnlab.data.sequences import Sequences, check_generated
+from rnnlab.data.series import Task
 
 BLANK, DELIMITER, SYMBOLS, RECALL = 0, 9, 8, 10
 
 
 def copy_memory(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> Sequences:
     """``length`` is the delay T: the steps between the last symbol and the first recall."""
-    if length < 1:
-        raise DataError(f"data.length={length} is out of range (allowed: >= 1)")
-    check_sizes({"n_train": n_train, "n_val": n_val, "n_test": n_test})
+    n = check_generated(length, 1, "", {"n_train": n_train, "n_val": n_val, "n_test": n_test})
     rng = np.random.default_rng(seed)
-    n = n_train + n_val + n_test
     steps = length + 2 * RECALL
     symbols = rng.integers(1, SYMBOLS + 1, (n, RECALL))
     tokens = np.full((n, steps), BLANK, dtype=np.int64)

@@ -53,7 +53,7 @@ def read_table(path: str) -> tuple[object, Callable[[int | None], str]]:
             table = pd.read_parquet(file)
         except Exception as e:  # pyarrow raises several types for a file that is not Parquet
             raise DataError(f"{name}: not a readable Parquet file ({' '.join(str(e).split())})") from None
-        table = table.reset_index(drop=True).astype(str)
+        table = table.reset_index(drop=True).astype(object).map(str)  # NaN -> "nan", None -> "None"
         unit, first = "row", 1
     else:
         try:

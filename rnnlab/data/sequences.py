@@ -137,8 +137,12 @@ class Stream:
         return float(-np.mean(np.log(counts / counts.sum())[self.tokens[split]]))
 
 
-def check_sizes(sizes: dict[str, int]) -> None:
-    """Example counts: each >= 1, named in the error."""
+def check_generated(length: int, minimum: int, why: str, sizes: dict[str, int]) -> int:
+    """A generated task's settings: data.length >= ``minimum`` (``why``), every example count
+    >= 1, each named in its error. Returns the total number of examples."""
+    if length < minimum:
+        raise DataError(f"data.length={length} is out of range (allowed: >= {minimum}{why})")
     for key, n in sizes.items():
         if n < 1:
             raise DataError(f"data.{key}={n} is out of range (allowed: >= 1)")
+    return sum(sizes.values())
