@@ -10,7 +10,7 @@
      swv + index      sliding_window_view over the flat series (a (N-L+1, L*F) view, no copy),
                       indexed by starts (np.take on that view would first copy all of it: 1.6 GB)
      torch unfold     flat tensor .unfold(0, L*F, F) (a view), then .index_select(0, starts);
-                      torch 2.13 copies the whole overlapping view here, hence few repetitions
+                      14-28 ms per batch with torch 2.13, hence few repetitions
      memcpy           np.copyto of the same number of bytes between two cache-resident
                       buffers: the physical limit of moving a batch
 2. Full materialisation of ``--materialise`` windows: windows_into vs np.copyto of the same bytes.
