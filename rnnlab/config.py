@@ -210,11 +210,12 @@ def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
 def _check_together(cfg: Config) -> None:
     """Rules that involve more than one key."""
     steps, key = (cfg.data.lookback, "data.lookback") if cfg.data.lookback else (cfg.data.options.get("length"), "data.length")
-    if cfg.data.name == "char_lm" and cfg.truncation:
-        raise ConfigError(
-            f"truncation={cfg.truncation} does not apply to data=char_lm (allowed: 0): its chunks of "
-            "data.length steps are the truncation, with the state carried from chunk to chunk"
-        )
+    whole = {  # many-to-many tasks: truncation cuts windows ending at a many-to-one loss
+        "char_lm": "its chunks of data.length steps are the truncation, with the state carried from chunk to chunk",
+        "copy": "its loss is at every step, so it trains with full BPTT",
+    }
+    if cfg.truncation and cfg.data.name in whole:
+        raise ConfigError(f"truncation={cfg.truncation} does not apply to data={cfg.data.name} (allowed: 0): {whole[cfg.data.name]}")
     if steps and cfg.truncation > steps:
         raise ConfigError(
             f"truncation={cfg.truncation} is longer than the window "

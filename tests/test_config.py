@@ -92,6 +92,7 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
         (["data=adding", "+data.lookback=10"], "data.lookback is not an option of dataset 'adding' (its options: length, n_train"),
         (["data=adding", "data.length=20", "truncation=21"], "truncation=21 is longer than the window (allowed: 0 for full BPTT, or 1..data.length=20)"),
         (["data=char_lm", "data.path=t.txt", "truncation=5"], "truncation=5 does not apply to data=char_lm (allowed: 0)"),
+        (["data=copy", "truncation=5"], "truncation=5 does not apply to data=copy (allowed: 0): its loss is at every step"),
         (["data=digits", "data.read=column"], "data.read='column' is not allowed (allowed: pixel, row)"),
         (["train.lr=inf"], "train.lr=inf must be a finite number"),
     ],
