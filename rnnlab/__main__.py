@@ -231,10 +231,10 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     from rnnlab import checkpoint
     from rnnlab.config import ConfigError, config_hash, flatten, redact
     from rnnlab.console import ProgressBar, summary
-    from rnnlab.data import DATASETS, DataError, make_windows
+    from rnnlab.data import DATASETS, DataError, Series, Windows, make_windows
     from rnnlab.model import StackedRNN, count_parameters
     from rnnlab.tracking import NullTracker, Tracker, TrackingError, check_params, plot_predictions, ui_command
-    from rnnlab.train import Interrupted, NonFiniteError, TrainState, evaluate, predict, train
+    from rnnlab.train import Interrupted, NonFiniteError, TrainState, predict, score, train
 
     started = time.perf_counter()
     d = config.data
@@ -244,11 +244,13 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     # Everything that can reject the input happens before anything is written.
     try:
         device = runtime.pick_device(config.device)
-        series = DATASETS[d.name](**d.options)
-        data = make_windows(series, d.lookback, d.horizon, d.stride, d.val_fraction, d.test_fraction, d.season)
+        data = DATASETS[d.name](**d.options)  # generated or read once per run
+        if isinstance(data, Series):  # a forecasting dataset: cut into windows
+            data = make_windows(data, d.lookback, d.horizon, d.stride, d.val_fraction, d.test_fraction, d.season)
         runtime.seed_everything(config.seed)
-        model = StackedRNN(
+        model = StackedRNN(  # the head follows from the data's task, never from a flag
             config.cell.name, data.n_features, config.hidden_size, config.depth,
+            output_size=data.task.n_outputs, many_to_many=data.task.many_to_many,
             dropout=config.dropout, **config.cell.options,
         )
         resume_from = _resume_point(config.resume, flat, digest, config.tracking.uri)
@@ -306,32 +308,42 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             save=lambda s: (last_state[:1].clear() or last_state.append(s), save(s)),
             stop_requested=stop.requested,
         )
-        test_mse = evaluate(model, data, "test", config.train.eval_batch_size, device)
-        truth = data.targets("test")
-        baselines = {name: float(np.mean((p - truth) ** 2)) for name, p in data.baselines("test").items()}
+        scores = score(model, data, "test", config.train.eval_batch_size, device)
+        forecast = isinstance(data, Windows)
+        final = {f"test_{name}": value for name, value in scores.items()}  # test_loss, test_accuracy, ...
+        final["baseline_loss"] = data.baseline_loss("test")  # the task's trivial predictor, same loss
+        if forecast:
+            test_mse = scores["loss"]
+            truth = data.targets("test")
+            baselines = {name: float(np.mean((p - truth) ** 2)) for name, p in data.baselines("test").items()}
+            final.update({
+                "test_mse": test_mse,
+                "test_rmse": float(np.sqrt(test_mse) * data.std[0]),  # in the target's own units
+                "test_mse_persistence": baselines["persistence"],
+                "test_mse_seasonal": baselines["seasonal"],
+            })
         wall = time.perf_counter() - started
-        final = {
-            "test_mse": test_mse,
-            "test_rmse": float(np.sqrt(test_mse) * data.std[0]),  # in the target's own units
-            "test_mse_persistence": baselines["persistence"],
-            "test_mse_seasonal": baselines["seasonal"],
+        final.update({
             "best_val_loss": result.best_val_loss,
             "startup_seconds": first_step[0] if first_step else float("nan"),
             "wall_seconds": wall,
-        }
+        })
         tracker.log_metrics(final, result.steps)
 
         torch.save(model.state_dict(), output_dir / "model.pt")
-        stretch = slice(0, min(len(truth), 7 * d.season))  # a week of the test split
-        targets_at = data.starts["test"][stretch] + d.lookback - 1 + d.horizon
-        axis = data.time[targets_at] if data.time is not None else targets_at
-        model_pred = predict(model, data, "test", config.train.eval_batch_size, device)[stretch]
-        plot_predictions(
-            axis, data.unscale(truth[stretch]),
-            {run_name: data.unscale(model_pred), "persistence": data.unscale(data.baselines("test")["persistence"][stretch])},
-            output_dir / "predictions.png", f"{data.columns[0]}: test split, first {stretch.stop} windows",
-        )
-        for name in ("config.yaml", "model.pt", "predictions.png"):
+        artifacts = ["config.yaml", "model.pt"]
+        if forecast:  # a predictions plot only means something for a forecast
+            stretch = slice(0, min(len(truth), 7 * d.season))  # a week of the test split
+            targets_at = data.starts["test"][stretch] + d.lookback - 1 + d.horizon
+            axis = data.time[targets_at] if data.time is not None else targets_at
+            model_pred = predict(model, data, "test", config.train.eval_batch_size, device)[stretch]
+            plot_predictions(
+                axis, data.unscale(truth[stretch]),
+                {run_name: data.unscale(model_pred), "persistence": data.unscale(data.baselines("test")["persistence"][stretch])},
+                output_dir / "predictions.png", f"{data.columns[0]}: test split, first {stretch.stop} windows",
+            )
+            artifacts.append("predictions.png")
+        for name in artifacts:
             tracker.log_artifact(output_dir / name)
         if last_state:
             save(last_state[0], finished=True)  # resume=auto must not pick a finished run up again
@@ -371,6 +383,8 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         ("test MSE", f"{test_mse:.5f}   (scaled target; RMSE {final['test_rmse']:.3f} in {data.columns[0]} units)"),
         ("  persistence", f"{baselines['persistence']:.5f}   model/baseline {_ratio(test_mse, baselines['persistence'])}"),
         ("  seasonal naive", f"{baselines['seasonal']:.5f}   model/baseline {_ratio(test_mse, baselines['seasonal'])}"),
+    ] if forecast else _task_rows(data.task, final)
+    rows += [
         ("parameters", f"{n_params:,}"),
         ("epochs", f"{result.epochs_run} (best {result.best_epoch}), {result.steps:,} steps"),
         ("wall time", f"{wall:.1f} s (first step {final['startup_seconds']:.1f} s after launch)"),
@@ -444,6 +458,22 @@ def _log_traceback(tracker: Any, output_dir: Path) -> None:
     path = output_dir / "traceback.txt"
     path.write_text(traceback.format_exc())
     tracker.log_artifact(path)
+
+
+def _task_rows(task: Any, final: dict[str, float]) -> list[tuple[str, str]]:
+    """The summary's first rows for a sequence task: its loss next to the trivial baseline's."""
+    loss = "MSE" if task.kind == "regression" else "cross-entropy"
+    rows = [
+        (f"test {loss}", f"{final['test_loss']:.5f}"),
+        ("  trivial baseline", f"{final['baseline_loss']:.5f}   model/baseline {_ratio(final['test_loss'], final['baseline_loss'])}"),
+    ]
+    if "test_accuracy" in final:
+        rows.append(("test accuracy", f"{final['test_accuracy']:.4f}"))
+    if "test_bpc" in final:
+        rows.append(("bits per character", f"{final['test_bpc']:.4f}"))
+    if "test_wrong" in final:
+        rows.append(("wrong predictions", f"{final['test_wrong']:.0f} (|error| >= {task.tolerance})"))
+    return rows
 
 
 def _git_commit() -> str | None:

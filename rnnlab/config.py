@@ -41,15 +41,18 @@ class CellConfig:
 
 @dataclass
 class DataConfig:
-    """Keys every dataset has; ``options`` are the keyword arguments of its loader."""
+    """``name``, the window keys, and ``options``: the keyword arguments of the loader.
+
+    The window keys belong to the forecasting datasets (loaders that return a Series, cut into
+    windows); they are None for the sequence tasks, whose loaders take their own (data.length)."""
 
     name: str = "weather"
-    lookback: int = _bounded(48, ge=1)  # input steps per window
-    horizon: int = _bounded(1, ge=1)  # predict the target this many steps after the last input
-    stride: int = _bounded(1, ge=1)  # steps between consecutive window starts
-    val_fraction: float = _bounded(0.15, gt=0, lt=1)  # chronological split: train | val | test
-    test_fraction: float = _bounded(0.15, gt=0, lt=1)
-    season: int = _bounded(24, ge=1)  # steps per season, for the seasonal-naive baseline
+    lookback: int | None = _bounded(48, ge=1)  # input steps per window
+    horizon: int | None = _bounded(1, ge=1)  # predict the target this many steps after the last input
+    stride: int | None = _bounded(1, ge=1)  # steps between consecutive window starts
+    val_fraction: float | None = _bounded(0.15, gt=0, lt=1)  # chronological split: train | val | test
+    test_fraction: float | None = _bounded(0.15, gt=0, lt=1)
+    season: int | None = _bounded(24, ge=1)  # steps per season, for the seasonal-naive baseline
     options: dict[str, Any] = field(default_factory=dict)  # e.g. weather: years, seed
 
 
@@ -113,12 +116,25 @@ def validate(raw: dict[str, Any]) -> Config:
     name = data.get("name")
     if name not in DATASETS:
         raise ConfigError(f"data.name={name!r} is not a dataset (allowed: {', '.join(DATASETS)})")
-    common = {f.name for f in dataclasses.fields(DataConfig)} - {"options"}
-    cfg.data = _build(DataConfig, {k: v for k, v in data.items() if k in common}, "data.")
-    extra = {k: v for k, v in data.items() if k not in common}
+    common = window_keys(DATASETS[name])
+    cfg.data = _build(DataConfig, {k: v for k, v in data.items() if k in common | {"name"}}, "data.")
+    if not common:  # a sequence task: no windows
+        cfg.data = DataConfig(name, **dict.fromkeys(_WINDOW_KEYS))
+    extra = {k: v for k, v in data.items() if k not in common | {"name"}}
     cfg.data.options = _options(DATASETS[name], extra, f"dataset {name!r}", "data.", skip=0)
     _check_together(cfg)
     return cfg
+
+
+_WINDOW_KEYS = [f.name for f in dataclasses.fields(DataConfig) if f.name not in ("name", "options")]
+
+
+def window_keys(loader: Any) -> set[str]:
+    """The window keys a dataset has: all of them for a forecasting loader (one that returns a
+    Series), none for a sequence task."""
+    from rnnlab.data import Series
+
+    return set(_WINDOW_KEYS) if typing.get_type_hints(loader).get("return") is Series else set()
 
 
 def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -196,20 +212,27 @@ def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
 
 def _check_together(cfg: Config) -> None:
     """Rules that involve more than one key."""
-    if cfg.truncation > cfg.data.lookback:
+    steps, key = (cfg.data.lookback, "data.lookback") if cfg.data.lookback else (cfg.data.options.get("length"), "data.length")
+    whole = {  # many-to-many tasks: truncation cuts windows ending at a many-to-one loss
+        "char_lm": "its chunks of data.length steps are the truncation, with the state carried from chunk to chunk",
+        "copy": "its loss is at every step, so it trains with full BPTT",
+    }
+    if cfg.truncation and cfg.data.name in whole:
+        raise ConfigError(f"truncation={cfg.truncation} does not apply to data={cfg.data.name} (allowed: 0): {whole[cfg.data.name]}")
+    if steps and cfg.truncation > steps:
         raise ConfigError(
             f"truncation={cfg.truncation} is longer than the window "
-            f"(allowed: 0 for full BPTT, or 1..data.lookback={cfg.data.lookback})"
+            f"(allowed: 0 for full BPTT, or 1..{key}={steps})"
         )
-    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+    if cfg.data.val_fraction and cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError(
             f"data.val_fraction + data.test_fraction = {cfg.data.val_fraction + cfg.data.test_fraction:g} "
             "leaves no training data (allowed: a sum < 1)"
         )
-    if cfg.data.name == "csv":
-        for key in ("path", "target"):
-            if not cfg.data.options.get(key):
-                raise ConfigError(f"data.{key} is empty: data=csv needs data.{key}=...")
+    needed = {"csv": ("path", "target"), "jena": ("path",), "char_lm": ("path",)}
+    for key in needed.get(cfg.data.name, ()):
+        if not cfg.data.options.get(key):
+            raise ConfigError(f"data.{key} is empty: data={cfg.data.name} needs data.{key}=...")
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -4,9 +4,11 @@ Logging, progress and epoch-end hooks are plain callables passed in, so this mod
 nothing of MLflow, Optuna or Hydra. A pruning hook (Optuna) raises from ``on_epoch_end`` and
 simply unwinds ``train``.
 
-Loss: the mean squared error over the batch, *without* the spec's ½ (CELLS.md writes
+The data declares its task (``data.task``), and the loss and the metrics follow from it.
+Regression: the mean squared error over the batch, *without* the spec's ½ (CELLS.md writes
 L = Σ_t ½(ŷ_t - y_t)²). The ½ only rescales gradients by 2, and the plain mean is what the
-baselines, the reports and every other tool call "MSE".
+baselines, the reports and every other tool call "MSE". Classification: the cross-entropy in
+nats, averaged over every prediction (every step for many-to-many tasks).
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.cells import State
 from rnnlab.config import TrainConfig
-from rnnlab.data import Windows
+from rnnlab.data import Sequences, Stream, Task, Windows
+
+Data = Windows | Sequences | Stream
 
 Log = Callable[[dict[str, float], int], None]  # (metrics, step)
 Progress = Callable[[int, int, int, float, float | None], None]  # epoch, batch, n_batches, loss, val
@@ -66,6 +71,29 @@ def forward_truncated(model: nn.Module, x: Tensor, truncation: int) -> Tensor:
     return model(x[:, -k:], state)[0]
 
 
+def forward(
+    model: nn.Module, x: Tensor, state: list[State] | None, task: Task, truncation: int
+) -> tuple[Tensor, list[State] | None]:
+    """One batch forward. A stream (``task.stateful_stream``) continues from the state the
+    previous chunk ended with and hands its own on, cut from the graph, so gradients stop at
+    the chunk boundary (word_language_model's repackage_hidden); windows start from zero.
+
+        chunk i-1 ──state──> chunk i ──state──> chunk i+1        (values carried)
+                   ✂ grad               ✂ grad                   (graph cut)
+    """
+    if not task.stateful_stream:
+        return forward_truncated(model, x, truncation), None
+    out, state = model(x, state)
+    return out, [tuple(t.detach() for t in layer) for layer in state]  # truncated BPTT: cut the graph here
+
+
+def task_loss(out: Tensor, y: Tensor, task: Task) -> Tensor:
+    """MSE for regression; cross-entropy (nats) for classification, over every prediction."""
+    if task.kind == "classification":
+        return F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
+    return F.mse_loss(out, y)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -82,9 +110,39 @@ def predict(model: nn.Module, data: Windows, split: str, batch_size: int, device
     return np.concatenate(out)
 
 
-def evaluate(model: nn.Module, data: Windows, split: str, batch_size: int, device: torch.device) -> float:
-    """Mean squared error over every window of a split (scaled units)."""
-    return float(np.mean((predict(model, data, split, batch_size, device) - data.targets(split)) ** 2))
+def evaluate(model: nn.Module, data: Data, split: str, batch_size: int, device: torch.device) -> float:
+    """The task's loss over every example of a split: MSE (scaled units) or cross-entropy (nats)."""
+    return score(model, data, split, batch_size, device)["loss"]
+
+
+@torch.no_grad()
+def score(model: nn.Module, data: Data, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
+    """The task's loss and metrics over a split: ``loss``; ``accuracy`` (classification);
+    ``bpc``, bits per character (streams); ``wrong``, predictions off by >= the task's tolerance."""
+    model.eval()
+    task = data.task
+    total, correct, wrong, count = 0.0, 0, 0, 0
+    state = None
+    for x, y in data.batches(split, batch_size):
+        out, state = forward(model, x.to(device), state, task, 0)
+        y = y.to(device)
+        if task.kind == "classification":
+            logits, y = out.reshape(-1, out.size(-1)), y.reshape(-1)
+            total += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+        else:
+            error = out - y
+            total += error.square().sum().item()
+            wrong += (error.abs() >= (task.tolerance or math.inf)).sum().item()
+        count += y.numel()
+    metrics = {"loss": total / count}
+    if task.kind == "classification":
+        metrics["accuracy"] = correct / count
+    if task.stateful_stream:
+        metrics["bpc"] = metrics["loss"] / math.log(2)
+    if task.tolerance:
+        metrics["wrong"] = float(wrong)
+    return metrics
 
 
 class Interrupted(Exception):
@@ -112,6 +170,7 @@ class TrainState:
     data_rng: dict[str, Any]  # the window-order generator as it was when that epoch began
     torch_rng: Tensor  # dropout's randomness
     cuda_rng: list[Tensor] = field(default_factory=list)
+    carried: list[tuple[Tensor, ...]] | None = None  # a stream's state between chunks (char LM)
 
     def payload(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -123,7 +182,7 @@ class TrainState:
 
 def train(
     model: nn.Module,
-    data: Windows,
+    data: Data,
     cfg: TrainConfig,
     *,
     truncation: int = 0,
@@ -149,7 +208,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.clip if cfg.clip > 0 else math.inf
     rng = np.random.default_rng(seed)  # window order; the model's init was seeded by the caller
-    n_batches = math.ceil(len(data.starts["train"]) / cfg.batch_size)
+    n_batches = data.n_batches("train", cfg.batch_size)
     if cfg.steps_per_epoch:
         n_batches = min(n_batches, cfg.steps_per_epoch)
 
@@ -166,12 +225,14 @@ def train(
         if resume.cuda_rng:
             torch.cuda.set_rng_state_all(resume.cuda_rng)
 
-    def snapshot(epoch: int, batch: int, sums: dict[str, Tensor], data_rng: dict[str, Any]) -> TrainState:
+    def snapshot(epoch: int, batch: int, sums: dict[str, Tensor], data_rng: dict[str, Any],
+                 carried: list[State] | None = None) -> TrainState:
         return TrainState(
             epoch=epoch, batch=batch, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
             best_val=best_val, best_epoch=best_epoch, best_model=best_state, history=history, sums=sums,
             data_rng=data_rng, torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            carried=[tuple(t.cpu() for t in layer) for layer in carried] if carried else None,
         )
 
     epoch = first_epoch
@@ -181,15 +242,18 @@ def train(
         epoch_rng = copy.deepcopy(rng.bit_generator.state)  # where this epoch's window order comes from
         # Sums stay on the device: a .item() per step would be a host-device sync point.
         sums = {k: torch.zeros((), device=device) for k in ("loss", "norm", "clipped", "skipped")}
+        state = None  # a stream's carried state: every pass starts the streams afresh
         if resume is not None and epoch == resume.epoch:
             sums = {k: v.to(device) for k, v in resume.sums.items()}
-        for batch, (x, y) in enumerate(data.batches("train", cfg.batch_size, rng)):
+            state = [tuple(t.to(device) for t in layer) for layer in resume.carried] if resume.carried else None
+        for batch, (x, y) in enumerate(data.batches("train", cfg.batch_size, rng, pin=device.type == "cuda")):
             if batch == n_batches:
                 break
             if batch < done:  # resuming mid-epoch: same order, skip what was done
                 continue
             x, y = x.to(device), y.to(device)
-            loss = F.mse_loss(forward_truncated(model, x, truncation), y)
+            out, state = forward(model, x, state, data.task, truncation)
+            loss = task_loss(out, y, data.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
@@ -208,7 +272,7 @@ def train(
             if batch % 20 == 0:
                 progress(epoch, batch + 1, n_batches, loss.item(), best_val if best_epoch else None)
             if stop_requested():
-                save(snapshot(epoch, batch + 1, sums, epoch_rng))
+                save(snapshot(epoch, batch + 1, sums, epoch_rng, state))
                 raise Interrupted(f"stopped at step {step} (epoch {epoch}, batch {batch + 1}/{n_batches})")
         done = 0
 

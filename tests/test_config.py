@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from rnnlab.cells import CELLS
-from rnnlab.config import Config, ConfigError, DataConfig, TrackingConfig, TrainConfig, flatten, validate
+from rnnlab.config import Config, ConfigError, TrackingConfig, TrainConfig, flatten, validate, window_keys
 from rnnlab.data import DATASETS
 
 CONF = files("rnnlab.conf")
@@ -29,7 +29,8 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(group, option):
-    extra = ["data.path=x.csv", "data.target=y"] if (group, option) == ("data", "csv") else []
+    needs = {"csv": ["data.path=x.csv", "data.target=y"], "jena": ["data.path=j.csv"], "char_lm": ["data.path=t.txt"]}
+    extra = needs.get(option, []) if group == "data" else []
     cfg = validate(composed(f"{group}={option}", *extra))
     assert isinstance(cfg, Config)
 
@@ -49,9 +50,9 @@ def test_yaml_mirrors_the_schema_key_for_key():
     assert keys("train/default.yaml") == {f.name for f in dataclasses.fields(TrainConfig)}
     for option in options("tracking"):
         assert keys(f"tracking/{option}.yaml") == {f.name for f in dataclasses.fields(TrackingConfig)}
-    common = {f.name for f in dataclasses.fields(DataConfig)} - {"options"}
-    for option in options("data"):
-        assert keys(f"data/{option}.yaml") == common | set(inspect.signature(DATASETS[option]).parameters)
+    for option in options("data"):  # the window keys for forecasting datasets, then the loader's options
+        loader = DATASETS[option]
+        assert keys(f"data/{option}.yaml") == {"name"} | window_keys(loader) | set(inspect.signature(loader).parameters)
     for option in options("cell"):
         assert keys(f"cell/{option}.yaml") == {"name"} | set(list(inspect.signature(CELLS[option].__init__).parameters)[3:])
 
@@ -87,6 +88,12 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
         (["train.batch_size=0"], "train.batch_size=0 is out of range (allowed: >= 1)"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "leaves no training data"),
         (["data=csv"], "data.path is empty: data=csv needs data.path=..."),
+        (["data=char_lm"], "data.path is empty: data=char_lm needs data.path=..."),
+        (["data=adding", "+data.lookback=10"], "data.lookback is not an option of dataset 'adding' (its options: length, n_train"),
+        (["data=adding", "data.length=20", "truncation=21"], "truncation=21 is longer than the window (allowed: 0 for full BPTT, or 1..data.length=20)"),
+        (["data=char_lm", "data.path=t.txt", "truncation=5"], "truncation=5 does not apply to data=char_lm (allowed: 0)"),
+        (["data=copy", "truncation=5"], "truncation=5 does not apply to data=copy (allowed: 0): its loss is at every step"),
+        (["data=digits", "data.read=column"], "data.read='column' is not allowed (allowed: pixel, row)"),
         (["train.lr=inf"], "train.lr=inf must be a finite number"),
     ],
 )

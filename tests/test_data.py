@@ -1,4 +1,4 @@
-"""Datasets, the chronological split, scaling and baselines; the CSV loader's errors."""
+"""Datasets, the chronological split, scaling and baselines; every loader's definition and errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rnnlab.data import DataError, Series, generate_weather, load_csv, make_windows
+from rnnlab.data import DataError, Series, Task, generate_weather, load_csv, make_windows
+from rnnlab.data.adding import adding, adding_hs
+from rnnlab.data.copy_memory import copy_memory
+from rnnlab.data.digits import digits, permutation
+from rnnlab.data.dynamics import lorenz, mackey_glass, sine
+from rnnlab.data.jena import load_jena
+from rnnlab.data.text import char_lm
 
 
 def test_weather_is_deterministic_by_seed_and_at_least_two_years_hourly():
@@ -37,18 +45,18 @@ def series(n: int, features: int = 3) -> Series:
 def test_windows_never_cross_a_split_boundary():
     w = make_windows(series(1000), lookback=20, horizon=3, stride=2)
     covered = set()
-    for split, (begin, end) in w.bounds.items():
+    for split, ((begin, end),) in w.bounds.items():
         s = w.starts[split]
         assert s.min() >= begin and (s + 20 - 1 + 3).max() < end  # inputs and targets inside
         covered.update(range(begin, end))
     assert covered == set(range(1000))
-    assert w.bounds["train"][1] == w.bounds["val"][0] and w.bounds["val"][1] == w.bounds["test"][0]
+    assert w.bounds["train"][0, 1] == w.bounds["val"][0, 0] and w.bounds["val"][0, 1] == w.bounds["test"][0, 0]
 
 
 def test_scaling_uses_the_training_part_only():
     raw = series(1000)
     w = make_windows(raw, lookback=10)
-    end = w.bounds["train"][1]
+    end = w.bounds["train"][0, 1]
     train_target = raw.values[:end, raw.target]
     assert w.columns[0] == "c1"  # the target column comes first
     np.testing.assert_allclose(w.mean[0], train_target.mean(), rtol=1e-6)
@@ -139,3 +147,178 @@ def test_csv_missing_columns_file_and_encoding(tmp_path):
         load_csv(tmp_path / "missing.csv", "time", "temp")
     with pytest.raises(DataError, match=r"not UTF-8 text"):
         load_csv(write(tmp_path, GOOD.encode() + "é\n".encode("latin-1"), "latin.csv"), "time", "temp")
+
+
+def test_csv_panel_parquet_and_fill_policy(tmp_path):
+    rows = ["id,time,y"] + [f"b,2024-01-0{d} 00:00,{d}" for d in range(1, 4)] + [f"a,2024-01-0{d} 00:00,{10 + d}" for d in range(2, 7)]
+    rows.insert(2, "a,2024-01-01 00:00,0")  # interleaved rows: grouped by series, file order kept
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    s = load_csv(path, "time", "y", id_column="id")
+    assert s.ids == ["b", "a"] and s.lengths.tolist() == [3, 6]
+    np.testing.assert_array_equal(s.values[:, 0], [1, 2, 3, 0, 12, 13, 14, 15, 16])
+    with pytest.raises(DataError, match=r"data.csv line 5, column 'time': time stamp '2024-01-02 00:00' is duplicate .*within each series"):
+        load_csv(write(tmp_path, "\n".join(rows).replace("b,2024-01-03", "b,2024-01-02") + "\n"), "time", "y", id_column="id")
+    with pytest.raises(DataError, match=r"data.id_column='series' is not a column"):
+        load_csv(path, "time", "y", id_column="series")
+
+    import pandas as pd
+
+    table = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=4, freq="h"), "y": [1.0, 2.0, np.nan, 4.0]})
+    table.to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"p.parquet row 3, column 'y': 'nan' is not a finite number"):
+        load_csv(str(tmp_path / "p.parquet"), "time", "y")
+    filled = load_csv(str(tmp_path / "p.parquet"), "time", "y", missing="ffill")
+    np.testing.assert_array_equal(filled.values[:, 0], [1, 2, 2, 4])
+    assert filled.time[1] - filled.time[0] == np.timedelta64(1, "h")
+    with pytest.raises(DataError, match=r"line 2, column 'load': '' is missing and is the first value of its series"):
+        load_csv(write(tmp_path, GOOD.replace("1.5", "")), "time", "temp", missing="ffill")
+    with pytest.raises(DataError, match=r"line 3, column 'load': '=x' is not a finite number"):  # typos never filled
+        load_csv(write(tmp_path, GOOD.replace("2.5", "=x")), "time", "temp", missing="ffill")
+    with pytest.raises(DataError, match=r"not a readable Parquet file"):
+        load_csv(str(write(tmp_path, GOOD, "bad.parquet")), "time", "temp")
+
+
+def panel(lengths: list[int]) -> Series:
+    n = sum(lengths)
+    values = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
+    return Series(values, ["a", "b"], 0, lengths=np.array(lengths), ids=[f"s{i}" for i in range(len(lengths))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(120, 300), min_size=1, max_size=5), lookback=st.integers(1, 12),
+       horizon=st.integers(1, 5), stride=st.integers(1, 4))
+def test_panel_windows_stay_in_one_series_and_one_split(lengths, lookback, horizon, stride):
+    w = make_windows(panel(lengths), lookback, horizon, stride)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    owner = np.zeros(offsets[-1], dtype=np.int64)  # (series, split) of every step
+    for k, split in enumerate(("train", "val", "test")):
+        for i, (b, e) in enumerate(w.bounds[split]):
+            assert offsets[i] <= b <= e <= offsets[i + 1]
+            owner[b:e] = 3 * i + k
+        s = w.starts[split]
+        last = s + lookback - 1 + horizon
+        assert np.all(owner[s] == owner[last]) and np.all(owner[s] % 3 == k)  # inputs and target together
+    seasonal_from = np.searchsorted(offsets, w.starts["test"] + lookback - 1, side="right") - 1
+    assert np.all(np.isin(w.baselines("test")["seasonal"], w.target))  # never outside the values
+    assert len(seasonal_from) == len(w.starts["test"])
+
+
+def test_panel_scaling_uses_every_training_part_and_a_short_series_is_named():
+    p = panel([100, 200])
+    w = make_windows(p, lookback=5)
+    train = np.concatenate([p.values[b:e, 0] for b, e in w.bounds["train"]])
+    np.testing.assert_allclose(w.mean[0], train.mean(), rtol=1e-6)
+    with pytest.raises(DataError, match=r"series 's1' \(30 steps\): its val part has 4 steps, shorter than one window"):
+        make_windows(panel([100, 30]), lookback=5)
+
+
+# ------------------------------------------------------------------------- sequence tasks
+
+
+def test_adding_le_definition_and_always_one_baseline():
+    data = adding(length=50, n_train=20000, n_val=10, n_test=10, seed=0)
+    x, y = data.x, data.y[:, 0]
+    assert x.shape == (20020, 50, 2) and data.task == Task("regression", False, 1)
+    markers = x[:, :, 1]
+    assert np.all(markers.sum(axis=1) == 2) and set(np.unique(markers)) == {0.0, 1.0}
+    assert np.all(markers[:, :25].sum(axis=1) == 1) and np.all(markers[:, 25:].sum(axis=1) == 1)  # one per half
+    np.testing.assert_allclose(y, (x[:, :, 0] * markers).sum(axis=1), rtol=1e-6)
+    assert 0 <= x[:, :, 0].min() and x[:, :, 0].max() <= 1
+    assert data.baseline_loss("train") == pytest.approx(1 / 6, abs=0.005)  # always 1: MSE 0.167
+    np.testing.assert_array_equal(adding(length=50, n_train=5, seed=0).x[:5], adding(length=50, n_train=5, seed=0).x[:5])
+
+
+def test_adding_hochreiter_schmidhuber_definition():
+    data = adding_hs(length=40, n_train=5000, n_val=10, n_test=2560, seed=1)
+    x, y = data.x, data.y[:, 0]
+    markers = x[:, :, 1]
+    assert np.all(markers.sum(axis=1) == 2) and np.all(markers[:, :20].sum(axis=1) == 2)  # both in the first half
+    assert np.all(markers[:, :10].sum(axis=1) >= 1)  # the first among the first 10 steps
+    assert -1 <= x[:, :, 0].min() < -0.99 and 0.99 < x[:, :, 0].max() <= 1
+    np.testing.assert_allclose(y, 0.5 + (x[:, :, 0] * markers).sum(axis=1) / 4, rtol=1e-6)
+    assert data.task.tolerance == 0.04 and data.parts["test"].stop - data.parts["test"].start == 2560
+    with pytest.raises(DataError, match=r"data.length=10 is out of range \(allowed: >= 20"):
+        adding_hs(length=10)
+
+
+def test_copy_memory_layout_and_memoryless_baseline():
+    T = 30
+    data = copy_memory(length=T, n_train=200, n_val=10, n_test=10, seed=0)
+    tokens, y = data.x.argmax(-1), data.y
+    assert data.x.shape == (220, T + 20, 10) and data.task == Task("classification", True, 10)
+    assert np.all((1 <= tokens[:, :10]) & (tokens[:, :10] <= 8))
+    assert np.all(tokens[:, 10 : 10 + T - 1] == 0) and np.all(tokens[:, 10 + T - 1] == 9) and np.all(tokens[:, -10:] == 0)
+    assert np.all(y[:, : T + 10] == 0) and np.array_equal(y[:, -10:], tokens[:, :10])
+    # The memoryless strategy: blank with certainty until the delimiter, then uniform over 8.
+    probs = np.zeros((220, T + 20, 10))
+    probs[:, : T + 10, 0] = 1.0
+    probs[:, T + 10 :, 1:9] = 1 / 8
+    ce = -np.mean(np.log(np.take_along_axis(probs, y[..., None], -1)))
+    assert ce == pytest.approx(10 * np.log(8) / (T + 20)) == pytest.approx(data.baseline_loss("test"))
+
+
+def test_digits_read_orders_and_a_permutation_fixed_by_seed():
+    pixel, row = digits(), digits(read="row")
+    assert pixel.x.shape == (1797, 64, 1) and row.x.shape == (1797, 8, 8) and pixel.task.n_outputs == 10
+    np.testing.assert_array_equal(pixel.x.reshape(1797, 64), row.x.reshape(1797, 64))  # same pixels, same order
+    assert 0 <= pixel.x.min() and pixel.x.max() == 1 and pixel.baseline_loss("test") == pytest.approx(np.log(10))
+    assert np.array_equal(permutation(0), permutation(0)) and not np.array_equal(permutation(0), permutation(1))
+    permuted = digits(permute=True)
+    np.testing.assert_array_equal(permuted.x[:, :, 0], pixel.x[:, permutation(0), 0])
+    np.testing.assert_array_equal(permuted.y, pixel.y)  # the same split for both variants
+    sizes = [p.stop - p.start for p in pixel.parts.values()]
+    assert sum(sizes) == 1797 and sizes[2] == int(1797 * 0.15)
+
+
+def test_sequence_batches_are_buffer_views_with_the_tasks_dtypes():
+    data = copy_memory(length=5, n_train=50, n_val=5, n_test=5)
+    batches = [(x.clone(), y.clone()) for x, y in data.batches("train", 16, np.random.default_rng(0))]
+    assert [len(x) for x, _ in batches] == [16, 16, 16, 2] and data.n_batches("train", 16) == 4
+    assert batches[0][0].dtype == torch.float32 and batches[0][1].dtype == torch.int64 and batches[0][1].shape == (16, 25)
+    firsts = sorted(x[:, 0].argmax(-1).tolist() for x, _ in batches)
+    assert len(sum(firsts, [])) == 50
+
+
+def test_char_lm_streams_the_text_and_names_bad_files(tmp_path):
+    text = "hello world, " * 40
+    data = char_lm(str(write(tmp_path, text, "t.txt")), length=8, val_fraction=0.1, test_fraction=0.1)
+    assert "".join(data.vocab[i] for i in np.concatenate(list(data.tokens.values()))) == text
+    assert data.task.stateful_stream and data.task.n_outputs == len(set(text))
+    chunks = list(data.batches("train", 4))
+    assert len(chunks) == data.n_batches("train", 4) and chunks[0][0].shape == (4, 8, len(data.vocab))
+    assert 0 < data.baseline_loss("test") < np.log(len(data.vocab))
+    for content, pattern in [
+        (b"", r"data.path='.*e.txt': the file is empty"),
+        (b"ok\nok\n\xff\n", r"not UTF-8 text \(line 3, byte 6: b'\\xff'"),
+        (b"tiny", r"its train part has \d+ characters, fewer than one chunk"),
+    ]:
+        with pytest.raises(DataError, match=pattern) as info:
+            char_lm(str(write(tmp_path, content, "e.txt")), length=8)
+        assert "\n" not in str(info.value)
+
+
+def test_synthetic_dynamics_are_deterministic_and_on_their_attractors():
+    for make in (sine, mackey_glass, lorenz):
+        a, b, c = make(steps=3000, seed=0), make(steps=3000, seed=0), make(steps=3000, seed=1)
+        np.testing.assert_array_equal(a.values, b.values)
+        assert not np.array_equal(a.values, c.values) and np.isfinite(a.values).all() and len(a.values) == 3000
+    mg = mackey_glass(steps=3000).values[:, 0]
+    assert 0.2 < mg.min() and mg.max() < 1.5 and mg.std() > 0.1  # tau = 17: chaotic, not a fixed point
+    xyz = lorenz(steps=3000).values
+    assert np.abs(xyz[:, 0]).max() < 25 and 0 < xyz[:, 2].min() and xyz[:, 2].max() < 50
+    assert np.sign(xyz[:, 0]).min() == -1 and np.sign(xyz[:, 0]).max() == 1  # visits both lobes
+
+
+def test_jena_loader_drops_repeated_stamps_and_the_wind_sentinel(tmp_path):
+    header = '"Date Time","p (mbar)","T (degC)","wv (m/s)","max. wv (m/s)"'
+    rows = [f"01.01.2009 0{h}:00:00,996.5,{h}.5,1.0,2.0" for h in range(6)]
+    rows.insert(3, rows[2])  # a repeated time stamp, as in the published file
+    rows[1] = rows[1].replace(",1.0,", ",-9999.0,")
+    s = load_jena(str(write(tmp_path, "\n".join([header, *rows]) + "\n", "jena.csv")), every=2)
+    assert s.columns[0] == "T (degC)" and len(s.values) == 3
+    np.testing.assert_array_equal(s.values[:, 0], [0.5, 2.5, 4.5])
+    assert s.time[1] - s.time[0] == np.timedelta64(2, "h")
+    full = load_jena(str(tmp_path / "jena.csv"), every=1)
+    assert full.values[1, s.columns.index("wv (m/s)")] == 0.0
+    with pytest.raises(DataError, match=r"jena.csv line 3, column 'p \(mbar\)': 'x' is not a finite number"):
+        load_jena(str(write(tmp_path, "\n".join([header, rows[0], rows[1].replace("996.5", "x")]) + "\n", "jena.csv")))

@@ -186,3 +186,49 @@ def test_skip_policy_skips_non_finite_steps_and_counts_them(data):
     model.head.bias.data.fill_(float("nan"))
     result = train(model, data, TrainConfig(epochs=1, steps_per_epoch=5, batch_size=8, on_nonfinite="skip"))
     assert result.history[0]["nonfinite_skips"] == 5 and result.steps == 5
+
+
+# ------------------------------------------------------------------- tasks other than forecasts
+
+
+def test_a_stream_carries_its_state_across_chunks_and_cuts_the_graph():
+    from rnnlab.data import Task
+    from rnnlab.train import forward
+
+    stream = Task("classification", many_to_many=True, n_outputs=5, stateful_stream=True)
+    torch.manual_seed(0)
+    model = StackedRNN("lstm", 5, 6, depth=2, output_size=5, many_to_many=True).double()
+    x = torch.randn(3, 12, 5, dtype=torch.float64, requires_grad=True)
+    whole, _ = model(x)
+    first, state = forward(model, x[:, :6], None, stream, 0)
+    second, _ = forward(model, x[:, 6:], state, stream, 0)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)  # the values are carried
+    second.sum().backward()
+    assert torch.all(x.grad[:, :6] == 0) and torch.all(x.grad[:, 6:].abs().sum(-1) > 0)  # the graph is cut
+
+
+def test_classification_and_tolerance_metrics_follow_the_task(tmp_path):
+    from rnnlab.data.adding import adding_hs
+    from rnnlab.data.digits import digits
+    from rnnlab.data.text import char_lm
+    from rnnlab.train import score
+
+    cpu = torch.device("cpu")
+    data = digits(read="row")
+    torch.manual_seed(0)
+    model = StackedRNN("gru", 8, 16, output_size=10)
+    result = train(model, data, TrainConfig(epochs=3, batch_size=32, lr=1e-2, steps_per_epoch=30))
+    scores = score(model, data, "test", 256, cpu)
+    assert set(scores) == {"loss", "accuracy"} and scores["accuracy"] > 0.3  # chance is 0.1
+    assert scores["loss"] < np.log(10) and result.best_val_loss < np.log(10)
+
+    hs = adding_hs(length=20, n_train=64, n_val=32, n_test=40)
+    scores = score(StackedRNN("lstm", 2, 4), hs, "test", 16, cpu)
+    assert set(scores) == {"loss", "wrong"} and 0 <= scores["wrong"] <= 40
+
+    (tmp_path / "t.txt").write_text("abcd" * 300)
+    text = char_lm(str(tmp_path / "t.txt"), length=10)
+    model = StackedRNN("lstm", 4, 16, output_size=4, many_to_many=True)
+    train(model, text, TrainConfig(epochs=4, batch_size=8, lr=2e-2, patience=0))
+    scores = score(model, text, "test", 8, cpu)
+    assert scores["bpc"] == pytest.approx(scores["loss"] / np.log(2)) and scores["accuracy"] > 0.9  # abcd is predictable

@@ -1,19 +1,43 @@
-"""The Numba window kernel against its NumPy reference."""
+"""The Numba window kernels against their NumPy references, and the stream layout."""
 from __future__ import annotations
+
+import string
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnlab.data.windows import gather, gather_reference, window_starts
+from rnnlab.data.windows import (
+    batchify, gather, gather_reference, stream_chunk, stream_chunk_reference, window_starts,
+    window_starts_reference, windows_into, windows_into_reference,
+)
 
 
-@settings(max_examples=60, deadline=None)
+@st.composite
+def panels(draw):
+    """Ragged parts: (begins, ends) of up to 6 consecutive parts of random lengths (some empty)."""
+    lengths = draw(st.lists(st.integers(0, 120), min_size=1, max_size=6))
+    ends = np.cumsum(lengths).astype(np.int64) + draw(st.integers(0, 20))
+    return ends - np.array(lengths, dtype=np.int64), ends
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=panels(), lookback=st.integers(1, 30), horizon=st.integers(1, 10), stride=st.integers(1, 7))
+def test_window_starts_equal_reference_and_never_cross_a_part(parts, lookback, horizon, stride):
+    begins, ends = parts
+    starts = window_starts(begins, ends, lookback, horizon, stride)
+    np.testing.assert_array_equal(starts, window_starts_reference(begins, ends, lookback, horizon, stride))
+    brute = [s for b, e in zip(begins, ends) for s in range(b, e, stride) if s + lookback - 1 + horizon < e]
+    assert starts.tolist() == brute  # every window, inputs and target, inside one part
+    assert starts.dtype == np.int64
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     n=st.integers(2, 300), features=st.integers(1, 5), lookback=st.integers(1, 40),
     horizon=st.integers(1, 10), batch=st.integers(1, 33), seed=st.integers(0, 2**31),
 )
-def test_gather_equals_numpy_reference(n, features, lookback, horizon, batch, seed):
+def test_gather_and_materialise_equal_numpy_reference(n, features, lookback, horizon, batch, seed):
     if lookback + horizon > n:
         return
     rng = np.random.default_rng(seed)
@@ -26,13 +50,37 @@ def test_gather_equals_numpy_reference(n, features, lookback, horizon, batch, se
     ref_x, ref_y = gather_reference(values, target, starts, lookback, horizon)
     np.testing.assert_array_equal(out_x, ref_x)
     np.testing.assert_array_equal(out_y, ref_y)
+    every = np.full((batch, lookback, features), np.nan, np.float32)
+    windows_into(values, starts, lookback, every)
+    np.testing.assert_array_equal(every, windows_into_reference(values, starts, lookback))
 
 
-@settings(max_examples=100, deadline=None)
-@given(begin=st.integers(0, 50), length=st.integers(0, 200), lookback=st.integers(1, 30),
-       horizon=st.integers(1, 10), stride=st.integers(1, 7))
-def test_window_starts_keep_every_window_inside_its_part(begin, length, lookback, horizon, stride):
-    end = begin + length
-    starts = window_starts(begin, end, lookback, horizon, stride)
-    brute = [s for s in range(begin, end, stride) if s + lookback - 1 + horizon < end]
-    assert starts.tolist() == brute
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(2, 400), streams=st.integers(1, 9), vocab=st.integers(1, 12), data=st.data())
+def test_stream_chunk_equals_batchify_and_get_batch(n, streams, vocab, data):
+    per_stream = n // streams
+    if per_stream < 2:
+        return
+    steps = data.draw(st.integers(1, per_stream - 1))
+    offset = data.draw(st.integers(0, per_stream - 1 - steps))
+    tokens = np.random.default_rng(n).integers(0, vocab, n).astype(np.int64)
+    x = np.full((streams, steps, vocab), np.nan, np.float32)
+    y = np.full((streams, steps), -1, np.int64)
+    stream_chunk(tokens, batchify(n, streams), offset, x, y)
+    ref_x, ref_y = stream_chunk_reference(tokens, streams, offset, steps, vocab)
+    np.testing.assert_array_equal(x, ref_x)
+    np.testing.assert_array_equal(y, ref_y)
+
+
+def test_stream_layout_reproduces_word_language_models_diagram():
+    # word_language_model: the alphabet in 4 streams of 6 letters (y, z dropped), bptt chunks.
+    alphabet = np.arange(26, dtype=np.int64)
+    begins = batchify(26, 4)
+    x = np.empty((4, 2, 26), np.float32)
+    y = np.empty((4, 2), np.int64)
+    letters = np.array(list(string.ascii_lowercase))
+    stream_chunk(alphabet, begins, 0, x, y)
+    assert ["".join(row) for row in letters[x.argmax(-1)]] == ["ab", "gh", "mn", "st"]
+    assert ["".join(row) for row in letters[y]] == ["bc", "hi", "no", "tu"]
+    stream_chunk(alphabet, begins, 4, x[:, :1], y[:, :1])  # the last step of each stream
+    assert ["".join(row) for row in letters[y[:, :1]]] == ["f", "l", "r", "x"]

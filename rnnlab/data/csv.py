@@ -1,75 +1,143 @@
-"""The user's own series from a CSV file: a time column, feature columns, a target column.
+"""The user's own series from a CSV or Parquet file: a time column, feature columns, a target
+column, and for a panel an id column (many series, each its own rows, of any lengths).
 
 Every cell is read as text and converted by rnnlab, not guessed by pandas: pandas would turn
-"inf", "1e400" and "N/A" into numbers or NaN without a word. Anything that is not a finite
-number, and any time stamp out of order, is rejected with its line, column and value.
+"inf", "1e400" and "N/A" into numbers or NaN without a word (Parquet cells, already typed, are
+written as text first and go the same way). Anything that is not a finite number, and any time
+stamp out of order within its series, is rejected with its line, column and value, unless the
+user chose ``missing=ffill``: then empty and NaN-like cells and infinities take the last value
+before them in the same series.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from rnnlab.data.series import DataError, Series
 
+# Cells that mean "no value" (ffill fills them, with infinities); other text is always an error.
+MISSING = {"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None", "NaT", "<NA>"}
 
-def load_csv(path: str = "", time_column: str = "time", target: str = "", features: list[str] | None = None) -> Series:
-    """Rows are time steps; ``features`` default to every column but the time column."""
-    import pandas as pd  # here: a 0.3 s import that only CSV runs need
 
-    path = Path(path)
-    name = f"data.path={str(path)!r}"
-    if not path.is_file():
+def load_csv(
+    path: str = "",
+    time_column: str = "time",
+    target: str = "",
+    features: list[str] | None = None,
+    id_column: str | None = None,
+    missing: Literal["error", "ffill"] = "error",
+) -> Series:
+    """Rows are time steps; ``features`` default to every column but the time and id columns.
+
+    A ``.parquet`` file is read as Parquet, anything else as UTF-8 CSV."""
+    table, where = read_table(path)
+    return table_to_series(table, where, time_column, target, features, id_column, missing)
+
+
+def read_table(path: str) -> tuple[object, Callable[[int | None], str]]:
+    """The file as a table of text cells, and ``where``: how an error names the file
+    (``where(None)``) or a row (``where(row)``, the row's index label)."""
+    import pandas as pd  # here: a 0.3 s import that only file-backed runs need
+
+    file = Path(path)
+    name = f"data.path={str(file)!r}"
+    if not file.is_file():
         raise DataError(f"{name}: no such file")
-    if path.stat().st_size == 0:
+    if file.stat().st_size == 0:
         raise DataError(f"{name}: the file is empty")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{name}: not a readable CSV ({' '.join(str(e).split())})") from None
+    if file.suffix.lower() in (".parquet", ".pq"):
+        try:
+            table = pd.read_parquet(file)
+        except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+            raise DataError(f"{name}: not a readable Parquet file ({' '.join(str(e).split())})") from None
+        table = table.reset_index(drop=True).astype(object).map(str)  # NaN -> "nan", None -> "None"
+        unit, first = "row", 1
+    else:
+        try:
+            table = pd.read_csv(file, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise DataError(f"{name}: not a readable CSV ({' '.join(str(e).split())})") from None
+        unit, first = "line", 2  # the header is line 1
     if len(table) == 0:
         raise DataError(f"{name}: a header but no rows")
+    return table, lambda row: file.name if row is None else f"{file.name} {unit} {row + first}"
+
+
+def table_to_series(
+    table, where: Callable[[int | None], str], time_column: str, target: str, features: list[str] | None,
+    id_column: str | None, missing: str, time_format: str = "ISO8601",
+) -> Series:
+    """Check and convert a table of text cells. ``where`` takes the row's index label."""
+    import pandas as pd
 
     columns = list(table.columns)
-    listed = ", ".join(columns)
-    for key, column in [("data.time_column", time_column), ("data.target", target)]:
-        if column not in columns:
-            raise DataError(f"{key}={column!r} is not a column of {path.name} (columns: {listed})")
+    listed = ", ".join(map(str, columns))
+    file = where(None)
+    for key, column in [("data.time_column", time_column), ("data.target", target), ("data.id_column", id_column)]:
+        if column is not None and column not in columns:
+            raise DataError(f"{key}={column!r} is not a column of {file} (columns: {listed})")
     if features is None:
-        features = [c for c in columns if c != time_column]
+        features = [c for c in columns if c not in (time_column, id_column)]
     for column in features:
         if column not in columns:
-            raise DataError(f"data.features: {column!r} is not a column of {path.name} (columns: {listed})")
+            raise DataError(f"data.features: {column!r} is not a column of {file} (columns: {listed})")
     features = [target] + [c for c in features if c != target]  # the target is always an input
+
+    # A panel: rows grouped by series (in order of first appearance), file order kept within.
+    codes, ids = pd.factorize(table[id_column]) if id_column else (np.zeros(len(table), np.int64), ["all"])
+    order = np.argsort(codes, kind="stable")
+    table = table.iloc[order]
+    lengths = np.bincount(codes, minlength=len(ids)).astype(np.int64)
+    first = np.zeros(len(table), bool)
+    first[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True  # each series' first row
 
     values = np.empty((len(table), len(features)), dtype=np.float32)
     for j, column in enumerate(features):
-        text = table[column]
-        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(numbers) | ~np.isfinite(numbers.astype(np.float32))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(
-                f"{path.name} line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a finite number"
-            )
-        values[:, j] = numbers
+        values[:, j] = _numbers(table, column, where, missing, first)
 
-    time = pd.to_datetime(table[time_column], errors="coerce", format="ISO8601")
+    text = table[time_column]
+    time = pd.to_datetime(text, errors="coerce", format=time_format)
     if time.isna().any():
         row = int(np.argmax(time.isna().to_numpy()))
-        raise DataError(
-            f"{path.name} line {row + 2}, column {time_column!r}: "
-            f"{table[time_column].iloc[row]!r} is not a date/time (ISO 8601 expected)"
-        )
+        raise DataError(f"{where(table.index[row])}, column {time_column!r}: {text.iloc[row]!r} is not a date/time ({time_format} expected)")
     time = time.to_numpy()
     step = np.diff(time)
-    if (step <= np.timedelta64(0)).any():
-        row = int(np.argmax(step <= np.timedelta64(0))) + 1
+    bad = (step <= np.timedelta64(0)) & ~first[1:]  # across a series boundary time may restart
+    if bad.any():
+        row = int(np.argmax(bad)) + 1
         what = "duplicate" if step[row - 1] == np.timedelta64(0) else "out of order"
         raise DataError(
-            f"{path.name} line {row + 2}, column {time_column!r}: time stamp "
-            f"{table[time_column].iloc[row]!r} is {what} (rows must be strictly increasing in time)"
+            f"{where(table.index[row])}, column {time_column!r}: time stamp {text.iloc[row]!r} is {what} "
+            "(rows must be strictly increasing in time" + (" within each series)" if id_column else ")")
         )
-    return Series(values=values, columns=features, target=0, time=time)
+    panel = id_column is not None
+    return Series(values=values, columns=features, target=0, time=time,
+                  lengths=lengths if panel else None, ids=[str(i) for i in ids] if panel else None)
+
+
+def _numbers(table, column: str, where: Callable[[int | None], str], missing: str, first: np.ndarray) -> np.ndarray:
+    """One column as finite float32; with ``missing=ffill``, gaps take the last value before them."""
+    import pandas as pd
+
+    text = table[column]
+    numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) | ~np.isfinite(numbers.astype(np.float32))
+    if missing == "ffill":
+        gap = bad & (text.isin(MISSING).to_numpy() | np.isinf(numbers))
+        if (gap & first).any():
+            row = int(np.argmax(gap & first))
+            raise DataError(
+                f"{where(table.index[row])}, column {column!r}: {text.iloc[row]!r} is missing and is the "
+                "first value of its series (data.missing=ffill has nothing earlier to fill it with)"
+            )
+        bad &= ~gap
+        numbers = pd.Series(np.where(gap, np.nan, numbers)).ffill().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{where(table.index[row])}, column {column!r}: {text.iloc[row]!r} is not a finite number")
+    return numbers

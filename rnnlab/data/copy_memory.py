@@ -1,0 +1,38 @@
+"""The copy memory task (Arjovsky et al. 2016): remember 10 symbols across a delay of T steps.
+
+    input   s1 s2 ... s10 | _ _ ... _ | :  | _ _ ... _        T + 20 steps
+    target  _  _  ...  _  | _ _ ... _ | _  | s1 s2 ... s10
+            10 symbols      T-1 blanks  delimiter  10 blanks
+
+Symbols are drawn from 8 categories (ids 1..8); 0 is the blank, 9 the delimiter. Inputs are
+one-hot (10 channels); the target at every step is a class (many-to-many). A memoryless model
+outputs blanks until the delimiter and then guesses uniformly over the 8 symbols: its
+cross-entropy averaged over the T + 20 steps is 10 ln 8 / (T + 20), the baseline.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rnnlab.data.sequences import Sequences, check_generated
+from rnnlab.data.series import Task
+
+BLANK, DELIMITER, SYMBOLS, RECALL = 0, 9, 8, 10
+
+
+def copy_memory(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> Sequences:
+    """``length`` is the delay T: the steps between the last symbol and the first recall."""
+    n = check_generated(length, 1, "", {"n_train": n_train, "n_val": n_val, "n_test": n_test})
+    rng = np.random.default_rng(seed)
+    steps = length + 2 * RECALL
+    symbols = rng.integers(1, SYMBOLS + 1, (n, RECALL))
+    tokens = np.full((n, steps), BLANK, dtype=np.int64)
+    tokens[:, :RECALL] = symbols
+    tokens[:, RECALL + length - 1] = DELIMITER
+    y = np.full((n, steps), BLANK, dtype=np.int64)
+    y[:, -RECALL:] = symbols
+    x = np.eye(DELIMITER + 1, dtype=np.float32)[tokens]  # (N, T + 20, 10) one-hot
+    task = Task("classification", many_to_many=True, n_outputs=DELIMITER + 1)
+    baseline = RECALL * math.log(SYMBOLS) / steps
+    return Sequences.split(x, y, task, (n_train, n_val, n_test), lambda y: baseline)

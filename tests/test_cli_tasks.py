@@ -1,0 +1,55 @@
+"""End to end, one run per task shape: the head, loss, metrics and baseline follow from data=."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["depth=1", "hidden_size=8", "train.epochs=2", "train.steps_per_epoch=3", "train.batch_size=16", "quiet=true"]
+SIZES = ["data.n_train=64", "data.n_val=32", "data.n_test=40"]
+
+
+@pytest.mark.parametrize(
+    "args,metrics,baseline,row",
+    [
+        # many-to-one regression, with the H&S wrong-prediction count
+        (["data=adding_hs", "data.length=20", *SIZES], {"test_loss", "test_wrong"}, None, "wrong predictions"),
+        # many-to-one classification
+        (["data=digits", "data.read=row"], {"test_loss", "test_accuracy"}, math.log(10), "test accuracy"),
+        # many-to-many classification
+        (["data=copy", "data.length=5", *SIZES], {"test_loss", "test_accuracy"}, 10 * math.log(8) / 25, "test cross-entropy"),
+        # a stream: truncated BPTT across chunks, bits per character
+        (["data=char_lm", "data.path=text.txt", "data.length=16"], {"test_loss", "test_accuracy", "test_bpc"}, None, "bits per character"),
+    ],
+    ids=["adding_hs", "digits", "copy", "char_lm"],
+)
+def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(workdir, args, metrics, baseline, row):
+    (workdir / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    result = run_cli([*args, *SMALL], workdir)
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    logged = run.data.metrics
+    assert metrics | {"baseline_loss", "train_loss", "val_loss"} <= set(logged)
+    assert "test_mse_persistence" not in logged  # forecasting baselines only for forecasts
+    if baseline is not None:
+        assert logged["baseline_loss"] == pytest.approx(baseline)
+    if "test_bpc" in logged:
+        assert logged["test_bpc"] == pytest.approx(logged["test_loss"] / math.log(2))
+    if "test_wrong" in logged:
+        assert 0 <= logged["test_wrong"] <= 40
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.pt"}  # no forecast plot
+    assert row in result.stdout and "trivial baseline" in result.stdout
+
+
+def test_bad_task_input_is_one_line(workdir):
+    (workdir / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    result = run_cli(["data=char_lm", "data.path=latin.txt", *SMALL], workdir)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("rnnlab: error: data.path='latin.txt': not UTF-8 text (line 1, byte 3")
+    assert len(result.stderr.strip().splitlines()) == 1
