@@ -233,7 +233,11 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     from rnnlab.console import ProgressBar, summary
     from rnnlab.data import DATASETS, DataError, Series, Windows, make_windows
     from rnnlab.model import StackedRNN, count_parameters
-    from rnnlab.tracking import NullTracker, Tracker, TrackingError, check_params, plot_predictions, ui_command
+    from rnnlab.probe import Probe, save_records, summary_metrics
+    from rnnlab.tracking import (
+        NullTracker, Tracker, TrackingError, check_params, plot_decay, plot_gradient_heatmaps, plot_predictions,
+        ui_command,
+    )
     from rnnlab.train import Interrupted, NonFiniteError, TrainState, predict, score, train
 
     started = time.perf_counter()
@@ -299,6 +303,10 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             first_step.append(time.perf_counter() - _LAUNCHED)
         bar(epoch, batch, n_batches, loss, val)
 
+    # The probe needs backpropagation through time; a frozen recurrence (an ESN) has none.
+    recurrent = any(p.requires_grad for p in model.layers.parameters())
+    probe = Probe(config.probe.every, config.probe.resolution) if config.probe.every and recurrent else None
+
     stop = runtime.StopOnSignal()
     status, exit_code, last_state = "FAILED", 0, []
     try:
@@ -306,7 +314,8 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             model, data, config.train, truncation=config.truncation, seed=config.seed,
             device=device, log=tracker.log_metrics, progress=progress, resume=state,
             save=lambda s: (last_state[:1].clear() or last_state.append(s), save(s)),
-            stop_requested=stop.requested,
+            stop_requested=stop.requested, probe=probe,
+            on_probe=lambda record: tracker.log_metrics(summary_metrics(record), record.step),
         )
         scores = score(model, data, "test", config.train.eval_batch_size, device)
         forecast = isinstance(data, Windows)
@@ -343,6 +352,14 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
                 output_dir / "predictions.png", f"{data.columns[0]}: test split, first {stretch.stop} windows",
             )
             artifacts.append("predictions.png")
+        if probe is not None and probe.records:  # matrices once, as artifacts, not as metric keys
+            save_records(probe.records, output_dir / "gradients.npz")
+            matrices = np.stack([r.dh for r in probe.records])
+            plot_gradient_heatmaps(matrices, [r.step for r in probe.records], output_dir / "gradient_heatmaps.png")
+            last = probe.records[-1]
+            plot_decay({f"layer {l}": last.dh[l, 0] for l in range(last.dh.shape[0])}, output_dir / "gradient_decay.png",
+                       f"{run_name}: ||dL/dh_t|| at step {last.step}")
+            artifacts += ["gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"]
         for name in artifacts:
             tracker.log_artifact(output_dir / name)
         if last_state:

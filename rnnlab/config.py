@@ -72,6 +72,14 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The gradient probe (rnnlab/probe.py): ||dL/dh^l_t||, weight-gradient norms, spectra."""
+
+    every: int = _bounded(10, ge=0)  # probe every this many optimiser steps; 0 turns it off
+    resolution: int = _bounded(1, ge=1)  # exact ||dL/dh_t|| at every this-many-th time step
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///outputs/mlflow.db"
@@ -85,6 +93,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     depth: int = _bounded(4, ge=1)
     hidden_size: int = _bounded(64, ge=1)
     dropout: float = _bounded(0.0, ge=0, lt=1)

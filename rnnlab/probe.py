@@ -25,6 +25,7 @@ does it: steps before the truncation window get no gradient and read 0.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,26 +58,28 @@ class Probe:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def forward(self, model: nn.Module, x: Tensor, truncation: int) -> Tensor:
-        """The training forward of a probed step: same outputs and gradients as
-        ``forward_truncated``, with the chunk edges recorded."""
+    def forward(
+        self, model: nn.Module, x: Tensor, state: list[State] | None, stream: bool, truncation: int
+    ) -> tuple[Tensor, list[State] | None]:
+        """The training forward of a probed step, as ``rnnlab.train.forward`` does it (same
+        outputs, same gradients) with the chunk edges recorded."""
         T = x.size(1)
-        k = truncation if 0 < truncation < T else T
-        state = None
+        k = truncation if 0 < truncation < T and not stream else T
         if k < T:
             with torch.no_grad():
                 _, state = model(x[:, : T - k])
-        self._edges: list[list[tuple[int, Tensor, Tensor | None]]] = []  # per (layer, direction)
+        self._edges: list[list[tuple[int, int, Tensor, Tensor]]] = []  # per (layer, direction)
         self._T, self._offset = T, T - k
 
-        def run(cell: Cell, x: Tensor, state: State, direction: int, layer: int) -> tuple[Tensor, State]:
+        def run(cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
             return self._chunked(cell, x, state, layer, direction)
 
-        features, _ = model.features(x[:, T - k :], state, run=run)
-        return model.head(features)
+        features, new_state = model.features(x[:, T - k :], state, run=run)
+        carried = [tuple(t.detach() for t in layer) for layer in new_state] if stream else None
+        return model.head(features), carried
 
     def _chunked(self, cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
-        edges: list[tuple[int, Tensor, Tensor | None]] = []
+        edges = []
         outs = []
         for start in range(0, x.size(1), self.resolution):
             out, state = cell.scan(x[:, start : start + self.resolution], state)
@@ -85,30 +88,33 @@ class Probe:
             handed = state[0].clone()  # h, as the next chunk reads it
             handed.retain_grad()
             state = (handed, *state[1:])
-            edges.append((start + out.size(1) - 1, up, handed))
+            edges.append((start + out.size(1) - 1, out.size(1) - 1, up, handed))
             outs.append(up)
         while len(self._edges) <= 2 * layer + direction:
             self._edges.append([])
         self._edges[2 * layer + direction] = edges
         return torch.cat(outs, 1), state
 
-    def record(self, model: nn.Module, step: int, grad_norm: float, max_norm: float) -> ProbeRecord:
-        """After backward (grads in place, before clipping): collect everything for this step."""
+    def record(self, model: nn.Module, step: int, max_norm: float) -> ProbeRecord:
+        """After backward and before clipping (clipping rescales the weight gradients in
+        place): collect everything for this step."""
         layers = len(model.layers)
         directions = 2 if getattr(model, "backward_layers", None) is not None else 1
+        window = self._T - self._offset
         dh = np.full((layers, directions, self._T), np.nan)
         dh[:, :, : self._offset] = 0.0  # before the truncation window: no gradient reaches
         for index, edges in enumerate(self._edges):
             layer, direction = divmod(index, 2)
-            if not edges or layer >= layers:
-                continue
-            for t, up, handed in edges:
-                g = up.grad[:, t - (t // self.resolution) * self.resolution] if up.grad is not None else 0.0
+            for t, local, up, handed in edges:
+                total = torch.zeros_like(handed)
+                if up.grad is not None:
+                    total = total + up.grad[:, local]  # up through the layers
                 if handed.grad is not None:
-                    g = g + handed.grad
-                norm = torch.as_tensor(g).double().norm(dim=-1).mean().item() if torch.is_tensor(g) else 0.0
-                time = t if direction == 0 else (self._T - self._offset - 1 - t)  # backward cell runs reversed
-                dh[layer, direction, self._offset + time] = norm
+                    total = total + handed.grad  # back through time
+                time = t if direction == 0 else window - 1 - t  # the backward cell runs reversed
+                dh[layer, direction, self._offset + time] = total.double().norm(dim=-1).mean().item()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)).item() if grads else 0.0
         radius, singular = spectra(model)
         record = ProbeRecord(
             step=step, dh=dh, weight_norms=weight_norms(model), grad_norm=grad_norm,
@@ -181,3 +187,49 @@ def _recurrent(cell: Cell) -> Tensor | None:
         if torch.is_tensor(value):
             return value
     return None
+
+
+# ----------------------------------------------------------------- what gets logged, and how
+
+def summary_metrics(record: ProbeRecord) -> dict[str, float]:
+    """A few stable keys per layer that chart well across runs: the norm at the first and at
+    the last step of the window, the vanishing factor log10(first/last) (negative: the
+    gradient shrinks going back in time), recurrent and input weight-gradient norms, and the
+    recurrent matrix's spectral radius. Everything else goes to the npz artifact."""
+    out = {"probe/grad_norm": record.grad_norm, "probe/clipped": float(record.clipped)}
+    for layer in range(record.dh.shape[0]):
+        measured = record.dh[layer, 0][np.isfinite(record.dh[layer, 0]) & (record.dh[layer, 0] > 0)]
+        if len(measured):
+            first, last = measured[0], measured[-1]
+            out[f"grad_h_first/l{layer}"] = float(first)
+            out[f"grad_h_last/l{layer}"] = float(last)
+            out[f"vanishing/l{layer}"] = float(np.log10(first / last))
+        for group in ("input", "recurrent"):
+            if f"l{layer}.{group}" in record.weight_norms:
+                out[f"grad_w_{group}/l{layer}"] = record.weight_norms[f"l{layer}.{group}"]
+        if np.isfinite(record.spectral_radius[layer]):
+            out[f"spectral_radius/l{layer}"] = float(record.spectral_radius[layer])
+    return out
+
+
+def save_records(records: list[ProbeRecord], path: str | os.PathLike[str]) -> None:
+    """Every probe of a run in one compressed file: the (probe, layer, direction, time)
+    matrix of ||dL/dh||, and per probe the step, norms, clipping, spectra and group norms."""
+    keys = sorted({k for r in records for k in r.weight_norms})
+    np.savez_compressed(
+        path,
+        steps=np.array([r.step for r in records]),
+        dh=np.stack([r.dh for r in records]) if records else np.zeros((0, 0, 0, 0)),
+        grad_norm=np.array([r.grad_norm for r in records]),
+        grad_norm_clipped=np.array([r.grad_norm_clipped for r in records]),
+        clipped=np.array([r.clipped for r in records]),
+        spectral_radius=np.stack([r.spectral_radius for r in records]) if records else np.zeros((0, 0)),
+        max_singular=np.stack([r.max_singular for r in records]) if records else np.zeros((0, 0)),
+        weight_norm_keys=np.array(keys),
+        weight_norms=np.array([[r.weight_norms.get(k, np.nan) for k in keys] for r in records]),
+    )
+
+
+def load_records(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}

@@ -472,3 +472,92 @@ def replay(spool: Path) -> int:
         _send(client, header["run_id"], kind, payload)
     Path(spool).unlink()
     return len(items)
+
+
+# ------------------------------------------------------------------------- gradient figures
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gradient_heatmaps(dh: Any, steps: Any, path: Path) -> Path:
+    """log10 ||dL/dh^l_t|| as layer x time images at the first, middle and last probe of a
+    run (dh: probes x layers x directions x T). Time runs left to right; the loss is at the
+    right edge, so vanishing shows as a fade to the left."""
+    import numpy as np
+
+    plt = _pyplot()
+    picks = sorted({0, len(dh) // 2, len(dh) - 1})
+    fig, axes = plt.subplots(len(picks), 1, figsize=(10, 1.2 + 0.9 * dh.shape[1] * dh.shape[2] * len(picks)),
+                             layout="constrained", squeeze=False)
+    with np.errstate(divide="ignore"):
+        logs = np.log10(dh)
+    finite = logs[np.isfinite(logs)]
+    low, high = (finite.min(), finite.max()) if finite.size else (-1, 0)
+    for ax, p in zip(axes[:, 0], picks):
+        rows = logs[p].reshape(-1, logs.shape[-1])  # (layers x directions, T)
+        image = ax.imshow(rows, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        labels = [f"l{l}{'←' if d else ''}" for l in range(dh.shape[1]) for d in range(dh.shape[2])]
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_title(f"log10 ||dL/dh|| at step {int(steps[p])}")
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    axes[-1, 0].set_xlabel("time step t in the window (the loss is at the right)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_decay(curves: dict[str, Any], path: Path, title: str) -> Path:
+    """||dL/dh_t|| against the distance from the loss (log scale), one line per entry of
+    ``curves`` (label -> (T,) norms at t = 0..T-1). Geometric vanishing is a straight line down."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    for label, norms in curves.items():
+        norms = np.asarray(norms, dtype=float)
+        distance = np.arange(len(norms))[::-1]  # T-1 .. 0
+        keep = np.isfinite(norms) & (norms > 0)
+        ax.plot(distance[keep], norms[keep], marker=".", ms=3, lw=1.2, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("distance from the loss (time steps)")
+    ax.set_ylabel("||dL/dh_t|| (batch mean)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -> list[dict[str, Any]]:
+    """Runs of ``experiment`` matching an MLflow filter string, each with its gradient artifact
+    downloaded into ``folder`` (runs without one are skipped). Reads artifacts, not metric
+    histories: one file per run instead of one query per metric."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
+    try:
+        runs = client.search_runs([found.experiment_id], filter_string=filter_string, max_results=1000)
+    except MlflowException as e:
+        raise TrackingError(f"--filter {filter_string!r}: {_one_line(e)}") from None
+    out = []
+    for run in runs:
+        target = Path(folder) / run.info.run_id
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            local = client.download_artifacts(run.info.run_id, "gradients.npz", str(target))
+        except Exception:
+            continue
+        out.append({"run_id": run.info.run_id, "name": run.info.run_name, "params": run.data.params,
+                    "metrics": run.data.metrics, "gradients": Path(local)})
+    return out

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from rnnlab.cells import State
 from rnnlab.config import TrainConfig
+from rnnlab.probe import Probe, ProbeRecord
 from rnnlab.data import Sequences, Stream, Task, Windows
 
 Data = Windows | Sequences | Stream
@@ -194,6 +195,8 @@ def train(
     resume: TrainState | None = None,
     save: Callable[[TrainState], None] = lambda state: None,
     stop_requested: Callable[[], bool] = lambda: False,
+    probe: Probe | None = None,
+    on_probe: Callable[[ProbeRecord], None] = lambda record: None,
 ) -> TrainResult:
     """Train with early stopping on the validation loss; the model ends with its best weights.
 
@@ -201,7 +204,8 @@ def train(
     ``resume`` continues from one. ``stop_requested`` is polled after every step: when it
     says yes, the state is saved and Interrupted raised. A NaN/inf loss or gradient norm
     raises NonFiniteError on its step (or, with ``cfg.on_nonfinite="skip"``, skips the
-    update and counts it).
+    update and counts it). On the steps ``probe`` says are due, the forward runs through the
+    probe (same outputs and gradients) and ``on_probe`` gets the step's ProbeRecord.
     """
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
@@ -252,10 +256,16 @@ def train(
             if batch < done:  # resuming mid-epoch: same order, skip what was done
                 continue
             x, y = x.to(device), y.to(device)
-            out, state = forward(model, x, state, data.task, truncation)
+            probed = probe is not None and probe.due(step + 1)
+            if probed:
+                out, state = probe.forward(model, x, state, data.task.stateful_stream, truncation)
+            else:
+                out, state = forward(model, x, state, data.task, truncation)
             loss = task_loss(out, y, data.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if probed:  # before clipping, which rescales the gradients in place
+                on_probe(probe.record(model, step + 1, max_norm))
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
             step += 1
             # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught

@@ -1,0 +1,84 @@
+"""Compare the gradient picture of several runs.
+
+    python -m rnnlab.compare                                   # every run of experiment rnnlab
+    python -m rnnlab.compare --filter "params.cell IN ('rnn', 'lstm')" --experiment rnnlab
+    python -m rnnlab.compare --uri sqlite:///outputs/mlflow.db --out outputs/compare
+
+Reads each run's gradients.npz artifact (written by the probe), overlays the decay curves
+of its last probe (||dL/dh_t|| against distance from the loss, one panel per layer) in one
+PNG and a self-contained HTML page, and prints a table: run, cell, depth, the final
+vanishing factor per layer (log10 of the norm at the window's first step over its last;
+negative: the gradient fades going back in time), clip rate and best validation loss.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rnnlab.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"))
+    parser.add_argument("--experiment", default="rnnlab")
+    parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"params.cell IN ('rnn', 'lstm')\"")
+    parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from rnnlab.probe import load_records
+    from rnnlab.tracking import TrackingError, gradient_runs, plot_decay
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            runs = gradient_runs(args.uri, args.experiment, args.filter, Path(tmp))
+        except TrackingError as e:
+            print(f"rnnlab.compare: error: {e}", file=sys.stderr)
+            return 2
+        if not runs:
+            print("rnnlab.compare: error: no run with a gradients.npz artifact matches "
+                  f"(experiment {args.experiment!r}, filter {args.filter!r}); runs need probe.every > 0", file=sys.stderr)
+            return 2
+        rows, panels = [], {}
+        for run in runs:
+            g = load_records(run["gradients"])
+            last = g["dh"][-1, :, 0]  # (layers, T): the forward direction at the last probe
+            label = run["name"] or run["run_id"][:8]
+            factors = []
+            for layer, norms in enumerate(last):
+                panels.setdefault(layer, {})[label] = norms
+                measured = norms[np.isfinite(norms) & (norms > 0)]
+                factors.append(f"{np.log10(measured[0] / measured[-1]):+.2f}" if len(measured) > 1 else "-")
+            m, p = run["metrics"], run["params"]
+            rows.append([label, p.get("cell.name", "?"), p.get("depth", "?"), " ".join(factors),
+                         f"{m.get('clip_rate', float('nan')):.2f}", f"{m.get('best_val_loss', float('nan')):.5f}"])
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = [plot_decay(curves, args.out / f"decay_l{layer}.png", f"layer {layer}: ||dL/dh_t|| at the last probe")
+               for layer, curves in sorted(panels.items())]
+    header = ["run", "cell", "depth", "vanishing per layer", "clip rate", "best val loss"]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    table = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+    print(table)
+    page = args.out / "compare.html"
+    images = "".join(
+        f'<img alt="{f.name}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}"><br>' for f in figures
+    )
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    page.write_text(
+        "<!doctype html><meta charset='utf-8'><title>rnnlab: gradient comparison</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style>"
+        f"<h1>Gradient decay: {len(rows)} run(s)</h1><table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{cells}</table>"
+        f"{images}"
+    )
+    print(f"figures: {', '.join(str(f) for f in figures)}; page: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The probe measures the right thing: ||dL/dh^l_t|| equals an independent autograd.grad
+reference (float64, 1e-10), on every path, for every cell and depth > 1, with truncation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.cells import CELLS
+from rnnlab.model import StackedRNN
+from rnnlab.probe import Probe, spectra, summary_metrics, weight_norms
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+RECURRENT = [name for name in CELLS if name not in ("esn",)]  # esn has no trainable recurrence
+
+
+def reference_dh(model: StackedRNN, x: torch.Tensor, y: torch.Tensor, truncation: int = 0) -> np.ndarray:
+    """Unroll every layer one step at a time through the cell's own ``forward``, keep each
+    h_t, and take torch.autograd.grad of the loss with respect to all of them: the total
+    derivative on every path, by construction. (layers, T); steps before the truncation
+    window are 0."""
+    T = x.size(1)
+    k = truncation if 0 < truncation < T else T
+    states = [cell.init_state(x.size(0), x) for cell in model.layers]
+    if k < T:
+        with torch.no_grad():
+            _, states = model(x[:, : T - k], [tuple(s) for s in states])
+    hs, inputs = [], x[:, T - k :]
+    for layer, cell in enumerate(model.layers):
+        if layer > 0:
+            inputs = model.dropout(inputs)
+        state, outs = states[layer], []
+        for x_t in inputs.unbind(1):
+            h, state = cell(x_t, state)
+            outs.append(h)
+        hs.append(outs)
+        inputs = torch.stack(outs, 1)
+    loss = F.mse_loss(model.head(inputs[:, -1]), y)
+    grads = torch.autograd.grad(loss, [h for layer in hs for h in layer])
+    dh = np.zeros((len(model.layers), T))
+    for i, g in enumerate(grads):
+        layer, t = divmod(i, k)
+        dh[layer, T - k + t] = g.norm(dim=-1).mean().item()
+    return dh
+
+
+def probed(model: StackedRNN, x, y, resolution=1, truncation=0):
+    probe = Probe(every=1, resolution=resolution)
+    out, _ = probe.forward(model, x, None, False, truncation)
+    model.zero_grad()
+    F.mse_loss(out, y).backward()
+    return probe.record(model, 1, max_norm=math.inf)
+
+
+@pytest.mark.parametrize("cell", RECURRENT)
+def test_captured_norms_equal_the_autograd_reference_for_every_cell(cell):
+    torch.manual_seed(0)
+    model = StackedRNN(cell, 3, 8, depth=3)
+    x, y = torch.randn(5, 9, 3), torch.randn(5, 1)
+    record = probed(model, x, y)
+    np.testing.assert_allclose(record.dh[:, 0], reference_dh(model, x, y), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_coarser_resolution_is_exact_at_chunk_ends_and_truncation_zeroes_the_rest(cell):
+    torch.manual_seed(1)
+    model = StackedRNN(cell, 3, 6, depth=2)
+    x, y = torch.randn(4, 12, 3), torch.randn(4, 1)
+    reference = reference_dh(model, x, y)
+    record = probed(model, x, y, resolution=4)
+    ends = [3, 7, 11]
+    np.testing.assert_allclose(record.dh[:, 0, ends], reference[:, ends], rtol=1e-10)
+    assert np.isnan(np.delete(record.dh[:, 0], ends, axis=1)).all()  # not measured, and says so
+    truncated = probed(model, x, y, truncation=5)
+    np.testing.assert_allclose(truncated.dh[:, 0], reference_dh(model, x, y, truncation=5), rtol=1e-10, atol=1e-14)
+    assert (truncated.dh[:, 0, :7] == 0).all() and (truncated.dh[:, 0, 7:] > 0).all()
+
+
+def test_a_fused_layers_output_gradient_alone_misses_the_path_through_time():
+    """The trap the probe avoids: for the top layer of a many-to-one LSTM, the gradient of
+    the fused output sequence is zero at every step but the last; the true one is not."""
+    torch.manual_seed(2)
+    model = StackedRNN("lstm", 3, 6, depth=2)
+    x, y = torch.randn(4, 10, 3), torch.randn(4, 1)
+    top_out, _ = model.layers[1].scan(model.layers[0].scan(x, model.layers[0].init_state(4, x))[0],
+                                      model.layers[1].init_state(4, x))
+    top_out.retain_grad()
+    F.mse_loss(model.head(top_out[:, -1]), y).backward()
+    assert (top_out.grad[:, :-1] == 0).all()
+    assert (probed(model, x, y).dh[1, 0, :-1] > 0).all()
+
+
+def test_group_norms_equal_the_parameters_grad_norms():
+    torch.manual_seed(3)
+    model = StackedRNN("lstm", 3, 5, depth=2)
+    record = probed(model, torch.randn(4, 7, 3), torch.randn(4, 1))
+    cell = model.layers[1]
+    assert record.weight_norms["l1.recurrent"] == pytest.approx(cell.weight_hh.grad.norm().item(), rel=1e-12)
+    assert record.weight_norms["l1.input"] == pytest.approx(cell.weight_ih.grad.norm().item(), rel=1e-12)
+    gates = cell.weight_hh.grad.chunk(4, 0)
+    for g in range(4):
+        assert record.weight_norms[f"l1.recurrent.g{g}"] == pytest.approx(gates[g].norm().item(), rel=1e-12)
+    total = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters() if p.grad is not None))
+    assert record.grad_norm == pytest.approx(total, rel=1e-12)
+    assert weight_norms(model) == record.weight_norms
+
+
+@pytest.mark.parametrize("radius,grows", [(0.5, False), (1.5, True)])
+def test_a_tanh_rnn_vanishes_below_radius_one_and_explodes_above(radius, grows):
+    torch.manual_seed(4)
+    model = StackedRNN("rnn", 2, 32, depth=1)
+    cell = model.layers[0]
+    with torch.no_grad():  # an orthogonal recurrence scaled to the radius, small inputs (linear regime)
+        q, _ = torch.linalg.qr(torch.randn(32, 32))
+        cell.weight_hh.copy_(radius * q)
+        cell.weight_ih.mul_(0.01)
+    record = probed(model, 1e-4 * torch.randn(8, 24, 2), torch.randn(8, 1))
+    assert spectra(model)[0][0] == pytest.approx(radius, rel=1e-9)
+    norms = record.dh[0, 0]  # t = 0 .. 23, the loss at t = 23
+    ratios = norms[:-1] / norms[1:]  # one step further from the loss
+    if grows:
+        assert (ratios > 1.2).all() and norms[0] > 1e3 * norms[-1]
+    else:
+        assert (ratios < 0.6).all() and norms[0] < 1e-6 * norms[-1]
+    assert np.allclose(ratios, radius, rtol=0.05)  # geometric, at the spectral radius
+
+
+def test_summary_metrics_are_few_and_per_layer():
+    torch.manual_seed(5)
+    model = StackedRNN("gru", 3, 6, depth=2)
+    record = probed(model, torch.randn(4, 8, 3), torch.randn(4, 1))
+    metrics = summary_metrics(record)
+    assert len(metrics) <= 2 + 6 * 2
+    assert metrics["vanishing/l0"] == pytest.approx(np.log10(record.dh[0, 0, 0] / record.dh[0, 0, -1]))
