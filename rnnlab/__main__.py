@@ -204,7 +204,7 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
         runtime.seed_everything(config.seed)
         model = StackedRNN(
             config.cell.name, data.n_features, config.hidden_size, config.depth,
-            dropout=config.dropout, **config.cell.options,
+            dropout=config.dropout, bidirectional=config.bidirectional, **config.cell.options,
         )
     except (ConfigError, DataError, ValueError) as e:
         fail(str(e))

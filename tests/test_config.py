@@ -77,7 +77,7 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
         (["train.lr=fast"], "train.lr='fast' must be of type float"),
         (["+train.foo=1"], "unknown key 'train.foo' (allowed: epochs, batch_size"),
         (["+foo=1"], "unknown key 'foo' (allowed: cell, data, train, tracking, depth"),
-        (["+cell.nonlinearity=relu"], "cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias)"),
+        (["+cell.nonlinearity=relu"], "cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias, chrono, recurrent_init)"),
         (["cell=rnn", "cell.nonlinearity=sigmoid"], "cell.nonlinearity='sigmoid' is not allowed (allowed: tanh, relu)"),
         (["data.years=oops"], "data.years='oops' must be of type float"),
         (["device=tpu"], "device='tpu' is not allowed (allowed: auto, cpu, cuda)"),

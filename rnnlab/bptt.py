@@ -1,0 +1,220 @@
+"""Hand-written backpropagation through time for the loop cells: one autograd function per layer.
+
+Why: an eager step loop records ~15 small ops per step, and autograd's backward replays each
+with its own bookkeeping; for B=64, H=64 that overhead, not arithmetic, is the cost. Here the
+forward loop runs without autograd and keeps only what the backward needs (the gate
+activations, every h_t and c_t) in preallocated (T, B, ·) buffers. The backward loop computes
+the pre-activation gradients of each step into one (T, B, G*H) buffer, so the weight gradients
+are one matmul each after the loop, and the input gradient *is* that buffer (the input
+projection x W_ih^T + b is done outside, by autograd, for all steps at once).
+
+    forward:   xp (T, B, G*H) ──► for t: a = xp[t] + h W_hh^T; gates; c; h ──► hs (T, B, H)
+    backward:  for t = T-1 … 0: dh, dc ──► da[t] (pre-activations) ──► dh_{t-1} = da[t] W_hh
+               dW_hh = Σ_t da[t]^T h_{t-1}  (one matmul),  dxp = da
+
+Every function here is tested against the cell's step-by-step ``forward`` (outputs and all
+gradients, float64) and with torch.autograd.gradcheck (tests/test_cells.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.size(-1))  # (T, B, K) -> (T*B, K)
+
+
+def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+class GatedLSTM(torch.autograd.Function):
+    """The LSTM family of cells._GatedLSTM: gates stacked [sigmoid gates in order i, f, o | g].
+
+    cfg = (flags, sigmoid gate names, n_early): the early sigmoid gates read c_{t-1} through
+    their peepholes and come first; the late one (o, by default) reads c_t.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, xp: Tensor, h0: Tensor, c0: Tensor, s0: Tensor | None, w_hh: Tensor,
+        peep: Tensor | None, w_ss: Tensor | None, cfg: tuple,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        flags, names, E = cfg
+        T, B, _ = xp.shape
+        H, S = h0.size(1), len(names)
+        hs = xp.new_empty(T + 1, B, H)
+        cs = xp.new_empty(T + 1, B, H)
+        hs[0], cs[0] = h0, c0
+        sig = xp.new_empty(T, B, S * H)  # sigmoid gate activations
+        gs = xp.new_empty(T, B, H)  # g after its activation
+        outs = cs[1:] if "NOAF" in flags else xp.new_empty(T, B, H)  # tanh(c_t), or c_t (NOAF)
+        s = s0
+        for t in range(T):
+            a = torch.addmm(xp[t], hs[t], w_hh.t())  # (B, G*H)
+            if w_ss is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
+                a[:, : S * H].addmm_(s, w_ss.t())
+            c_prev, c = cs[t], cs[t + 1]
+            if E:
+                if peep is not None:
+                    a[:, : E * H].view(B, E, H).addcmul_(peep[:E], c_prev.unsqueeze(1))
+                torch.sigmoid(a[:, : E * H], out=sig[t, :, : E * H])
+            act = dict(zip(names, sig[t].split(H, 1)))
+            if "NIAF" in flags:
+                gs[t] = a[:, S * H :]
+            else:
+                torch.tanh(a[:, S * H :], out=gs[t])
+            i = act.get("i")
+            f = 1 - i if "CIFG" in flags else act.get("f")
+            if f is None:
+                c.copy_(c_prev)
+            else:
+                torch.mul(f, c_prev, out=c)
+            if i is None:
+                c.add_(gs[t])
+            else:
+                c.addcmul_(i, gs[t])
+            if E < S:  # the output gate peeks at the new c_t
+                if peep is not None:
+                    a[:, E * H : S * H].addcmul_(peep[E], c)
+                torch.sigmoid(a[:, E * H : S * H], out=sig[t, :, E * H :])
+            if "NOAF" not in flags:
+                torch.tanh(c, out=outs[t])
+            if "o" in act:
+                torch.mul(act["o"], outs[t], out=hs[t + 1])
+            else:
+                hs[t + 1] = outs[t]
+            s = sig[t]
+        ctx.cfg = cfg
+        ctx.saved = (hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss)
+        return hs[1:], cs[T], sig[T - 1]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor | None, d_c: Tensor | None, d_s: Tensor | None) -> tuple:
+        flags, names, E = ctx.cfg
+        hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss = ctx.saved
+        T, B, H = outs.shape
+        S = len(names)
+        d_hs = _zeros_if_none(d_hs, outs)
+        da = hs.new_empty(T, B, w_hh.size(0))  # pre-activation gradients, every step
+        dh_next = torch.zeros_like(hs[0])
+        dc_next = _zeros_if_none(d_c, cs[0])
+        ds_next = _zeros_if_none(d_s, sig[0]) if w_ss is not None else None
+        for t in reversed(range(T)):
+            dh = d_hs[t] + dh_next
+            act = dict(zip(names, sig[t].split(H, 1)))
+            d_pre = dict(zip(names, da[t, :, : S * H].split(H, 1)))  # where each gate's da goes
+            d_act = dict(zip(names, ds_next.split(H, 1))) if ds_next is not None else {}  # from FGR
+            i, o, g, c_prev = act.get("i"), act.get("o"), gs[t], cs[t]
+            f = 1 - i if "CIFG" in flags else act.get("f")
+            # h = o * out(c)
+            d_out = dh if o is None else dh * o
+            dc = dc_next + (d_out if "NOAF" in flags else d_out * (1 - outs[t] * outs[t]))
+            if o is not None:
+                d_o = dh * outs[t] + d_act.get("o", 0)
+                torch.mul(d_o, o * (1 - o), out=d_pre["o"])
+                if E < S and peep is not None:
+                    dc = dc + d_pre["o"] * peep[E]
+            # c = f * c_prev + i * g
+            dc_prev = dc if f is None else dc * f
+            dg = dc if i is None else dc * i
+            if i is not None:
+                d_i = dc * g + d_act.get("i", 0)
+                if "CIFG" in flags:
+                    d_i = d_i - dc * c_prev  # f = 1 - i
+                torch.mul(d_i, i * (1 - i), out=d_pre["i"])
+            if "f" in act:
+                torch.mul(dc * c_prev + d_act.get("f", 0), f * (1 - f), out=d_pre["f"])
+            if "NIAF" in flags:
+                da[t, :, S * H :] = dg
+            else:
+                torch.mul(dg, 1 - g * g, out=da[t, :, S * H :])
+            if E and peep is not None:  # the early gates read c_{t-1}
+                dc_prev = dc_prev + (da[t, :, : E * H].view(B, E, H) * peep[:E]).sum(1)
+            dh_next = da[t] @ w_hh
+            if w_ss is not None:
+                ds_next = da[t, :, : S * H] @ w_ss
+            dc_next = dc_prev
+        d_w_hh = _flat(da).t() @ _flat(hs[:-1])
+        d_peep = d_w_ss = None
+        if peep is not None:
+            early = (da[:, :, : E * H].reshape(T, B, E, H) * cs[:-1].unsqueeze(2)).sum((0, 1))
+            late = (da[:, :, E * H : S * H].reshape(T, B, S - E, H) * cs[1:].unsqueeze(2)).sum((0, 1))
+            d_peep = torch.cat([early, late])
+        if w_ss is not None:
+            s_prev = torch.cat([s0.unsqueeze(0), sig[:-1]])
+            d_w_ss = _flat(da[:, :, : S * H]).t() @ _flat(s_prev)
+        return da, dh_next, dc_next, ds_next, d_w_hh, d_peep, d_w_ss, None
+
+
+class GRUClassic(torch.autograd.Function):
+    """Seed 002's GRU: gates stacked [r | z | h̃]; the reset acts before the recurrent product."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor) -> Tensor:
+        T, B, _ = xp.shape
+        H = h0.size(1)
+        w_rz, w_h = w_hh[: 2 * H].t(), w_hh[2 * H :].t()
+        hs = xp.new_empty(T + 1, B, H)
+        hs[0] = h0
+        rz, rh, cand = xp.new_empty(T, B, 2 * H), xp.new_empty(T, B, H), xp.new_empty(T, B, H)
+        for t in range(T):
+            x_rz, x_h = xp[t].split([2 * H, H], 1)
+            torch.sigmoid(torch.addmm(x_rz, hs[t], w_rz), out=rz[t])
+            r, z = rz[t].split(H, 1)
+            torch.mul(r, hs[t], out=rh[t])
+            torch.tanh(torch.addmm(x_h, rh[t], w_h), out=cand[t])
+            torch.lerp(hs[t], cand[t], z, out=hs[t + 1])  # (1 - z) h + z h̃
+        ctx.saved = (hs, rz, rh, cand, w_hh)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        hs, rz, rh, cand, w_hh = ctx.saved
+        T, B, H = cand.shape
+        w_rz, w_h = w_hh[: 2 * H], w_hh[2 * H :]
+        da = hs.new_empty(T, B, 3 * H)
+        dh_next = torch.zeros_like(hs[0])
+        for t in reversed(range(T)):
+            dh = d_hs[t] + dh_next
+            r, z = rz[t].split(H, 1)
+            n, h_prev = cand[t], hs[t]
+            d_r, d_z, d_n = da[t].split(H, 1)
+            dn = dh * z
+            torch.mul(dn, 1 - n * n, out=d_n)
+            d_rh = d_n @ w_h  # gradient of r ⊙ h_{t-1}
+            torch.mul(d_rh * h_prev, r * (1 - r), out=d_r)
+            torch.mul(dh * (n - h_prev), z * (1 - z), out=d_z)
+            dh_next = dh - dn + d_rh * r + da[t, :, : 2 * H] @ w_rz
+        d_w_hh = torch.cat([
+            _flat(da[:, :, : 2 * H]).t() @ _flat(hs[:-1]),
+            _flat(da[:, :, 2 * H :]).t() @ _flat(rh),
+        ])
+        return da, dh_next, d_w_hh
+
+
+class IndRNN(torch.autograd.Function):
+    """h_t = relu(xp_t + u ⊙ h_{t-1}): element-wise, so the step costs two ops either way."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, u: Tensor) -> Tensor:
+        T, B, H = xp.shape
+        hs = xp.new_empty(T + 1, B, H)
+        hs[0] = h0
+        for t in range(T):
+            torch.addcmul(xp[t], u, hs[t], out=hs[t + 1]).relu_()
+        ctx.saved = (hs, u)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        hs, u = ctx.saved
+        da = torch.empty_like(hs[1:])
+        dh_next = torch.zeros_like(hs[0])
+        for t in reversed(range(da.size(0))):
+            torch.mul(d_hs[t] + dh_next, hs[t + 1] > 0, out=da[t])  # relu' = 1 where h_t > 0
+            dh_next = da[t] * u
+        return da, dh_next, (da * hs[:-1]).sum((0, 1))
