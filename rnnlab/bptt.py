@@ -98,46 +98,53 @@ class GatedLSTM(torch.autograd.Function):
         hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss = ctx.saved
         T, B, H = outs.shape
         S = len(names)
-        d_hs = _zeros_if_none(d_hs, outs)
+        # Every step's local derivatives, for all t at once, outside the loop. Each
+        # pre-activation gradient is then one product: by dh (o) or by dc (i, f, g).
+        act = dict(zip(names, sig.split(H, 2)))  # (T, B, H) each
+        sd = sig * (1 - sig)  # σ' of every sigmoid gate
+        sd_of = dict(zip(names, sd.split(H, 2)))
+        i, o, c_prev = act.get("i"), act.get("o"), cs[:-1]
+        f = 1 - i if "CIFG" in flags else act.get("f")
+        out_d = torch.ones_like(outs) if "NOAF" in flags else 1 - outs * outs  # d out(c) / dc
+        g_d = torch.ones_like(gs) if "NIAF" in flags else 1 - gs * gs
+        k_c = out_d if o is None else o * out_d  # dc += dh * k_c         (h = o * out(c))
+        a_o = None if o is None else outs * sd_of["o"]  # da_o = dh * a_o
+        a_g = g_d if i is None else i * g_d  # da_g = dc * a_g         (c = f c_prev + i g)
+        a_if = []  # da_i, da_f = dc * a_if
+        if i is not None:
+            a_if.append((gs - c_prev if "CIFG" in flags else gs) * sd_of["i"])  # CIFG: f = 1 - i
+        if "f" in act:
+            a_if.append(c_prev * sd_of["f"])
+        n_if = len(a_if)
+        a_if = torch.stack(a_if, 2) if a_if else None  # (T, B, n_if, H)
+
         da = hs.new_empty(T, B, w_hh.size(0))  # pre-activation gradients, every step
         dh_next = torch.zeros_like(hs[0])
-        dc_next = _zeros_if_none(d_c, cs[0])
+        dc = _zeros_if_none(d_c, cs[0])
         ds_next = _zeros_if_none(d_s, sig[0]) if w_ss is not None else None
         for t in reversed(range(T)):
             dh = d_hs[t] + dh_next
-            act = dict(zip(names, sig[t].split(H, 1)))
-            d_pre = dict(zip(names, da[t, :, : S * H].split(H, 1)))  # where each gate's da goes
-            d_act = dict(zip(names, ds_next.split(H, 1))) if ds_next is not None else {}  # from FGR
-            i, o, g, c_prev = act.get("i"), act.get("o"), gs[t], cs[t]
-            f = 1 - i if "CIFG" in flags else act.get("f")
-            # h = o * out(c)
-            d_out = dh if o is None else dh * o
-            dc = dc_next + (d_out if "NOAF" in flags else d_out * (1 - outs[t] * outs[t]))
+            dc = torch.addcmul(dc, dh, k_c[t])
+            extra = None if ds_next is None else ds_next * sd[t]  # FGR: from the next step's gates
             if o is not None:
-                d_o = dh * outs[t] + d_act.get("o", 0)
-                torch.mul(d_o, o * (1 - o), out=d_pre["o"])
-                if E < S and peep is not None:
-                    dc = dc + d_pre["o"] * peep[E]
-            # c = f * c_prev + i * g
-            dc_prev = dc if f is None else dc * f
-            dg = dc if i is None else dc * i
-            if i is not None:
-                d_i = dc * g + d_act.get("i", 0)
-                if "CIFG" in flags:
-                    d_i = d_i - dc * c_prev  # f = 1 - i
-                torch.mul(d_i, i * (1 - i), out=d_pre["i"])
-            if "f" in act:
-                torch.mul(dc * c_prev + d_act.get("f", 0), f * (1 - f), out=d_pre["f"])
-            if "NIAF" in flags:
-                da[t, :, S * H :] = dg
-            else:
-                torch.mul(dg, 1 - g * g, out=da[t, :, S * H :])
-            if E and peep is not None:  # the early gates read c_{t-1}
-                dc_prev = dc_prev + (da[t, :, : E * H].view(B, E, H) * peep[:E]).sum(1)
+                da_o = da[t, :, n_if * H : S * H]
+                torch.mul(dh, a_o[t], out=da_o)
+                if extra is not None:
+                    da_o += extra[:, n_if * H :]
+                if E < S and peep is not None:  # o peeked at c_t
+                    dc.addcmul_(da_o, peep[E])
+            if n_if:
+                da_if = da[t, :, : n_if * H]
+                torch.mul(dc.unsqueeze(1), a_if[t], out=da_if.view(B, n_if, H))
+                if extra is not None:
+                    da_if += extra[:, : n_if * H]
+            torch.mul(dc, a_g[t], out=da[t, :, S * H :])
+            dc = dc if f is None else dc * f[t]  # now the gradient of c_{t-1}
+            if E and peep is not None:  # the early gates peeked at c_{t-1}
+                dc = dc + (da[t, :, : E * H].view(B, E, H) * peep[:E]).sum(1)
             dh_next = da[t] @ w_hh
             if w_ss is not None:
                 ds_next = da[t, :, : S * H] @ w_ss
-            dc_next = dc_prev
         d_w_hh = _flat(da).t() @ _flat(hs[:-1])
         d_peep = d_w_ss = None
         if peep is not None:
@@ -147,7 +154,7 @@ class GatedLSTM(torch.autograd.Function):
         if w_ss is not None:
             s_prev = torch.cat([s0.unsqueeze(0), sig[:-1]])
             d_w_ss = _flat(da[:, :, : S * H]).t() @ _flat(s_prev)
-        return da, dh_next, dc_next, ds_next, d_w_hh, d_peep, d_w_ss, None
+        return da, dh_next, dc, ds_next, d_w_hh, d_peep, d_w_ss, None
 
 
 class GRUClassic(torch.autograd.Function):

@@ -1,6 +1,7 @@
 """Every cell's training step against torch.nn.LSTM, in one process.
 
-    python experiments/benchmarks/cells.py [--rounds 5] [--steps 5] [--lengths 50 200] [--device cpu]
+    python experiments/benchmarks/cells.py [--rounds 5] [--steps 5] [--lengths 50 200] [--threads N]
+                                           [--only NAME ...] [--device cpu|cuda]
 
 One step = forward + backward + Adam of a depth-4, hidden-64, batch-64 model on 8 features,
 MSE on a many-to-one head. Variants are interleaved round by round (the machine's speed
@@ -80,7 +81,10 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--only", nargs="*", help="variant names to time (default: all)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     runtime.tune_allocator()  # the allocator setting rnnlab runs with
     device = torch.device(args.device)
     torch.manual_seed(0)
