@@ -52,41 +52,49 @@ class GatedLSTM(torch.autograd.Function):
         sig = xp.new_empty(T, B, S * H)  # sigmoid gate activations
         gs = xp.new_empty(T, B, H)  # g after its activation
         outs = cs[1:] if "NOAF" in flags else xp.new_empty(T, B, H)  # tanh(c_t), or c_t (NOAF)
+        # Every per-step view made once, up front (unbind: one call for all t), so the loop
+        # holds only the arithmetic. act[name][t] is gate `name` at step t, (B, H).
+        act = {n: v.unbind(0) for n, v in zip(names, sig.split(H, 2))}
+        early, late = sig[:, :, : E * H].unbind(0), sig[:, :, E * H :].unbind(0)
+        h_at, c_at, g_at, out_at = hs.unbind(0), cs.unbind(0), gs.unbind(0), outs.unbind(0)
+        w_hh_t = w_hh.t()
+        p_early = None if peep is None else peep[:E]
+        p_late = None if peep is None or E == S else peep[E]
         s = s0
-        for t in range(T):
-            a = torch.addmm(xp[t], hs[t], w_hh.t())  # (B, G*H)
+        for t, x_t in enumerate(xp.unbind(0)):
+            a = torch.addmm(x_t, h_at[t], w_hh_t)  # (B, G*H)
             if w_ss is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
                 a[:, : S * H].addmm_(s, w_ss.t())
-            c_prev, c = cs[t], cs[t + 1]
+            a_early, a_late, a_g = a.split([E * H, (S - E) * H, H], 1)
+            c_prev, c = c_at[t], c_at[t + 1]
             if E:
-                if peep is not None:
-                    a[:, : E * H].view(B, E, H).addcmul_(peep[:E], c_prev.unsqueeze(1))
-                torch.sigmoid(a[:, : E * H], out=sig[t, :, : E * H])
-            act = dict(zip(names, sig[t].split(H, 1)))
+                if p_early is not None:
+                    a_early.view(B, E, H).addcmul_(p_early, c_prev.unsqueeze(1))
+                torch.sigmoid(a_early, out=early[t])
             if "NIAF" in flags:
-                gs[t] = a[:, S * H :]
+                g_at[t].copy_(a_g)
             else:
-                torch.tanh(a[:, S * H :], out=gs[t])
-            i = act.get("i")
-            f = 1 - i if "CIFG" in flags else act.get("f")
+                torch.tanh(a_g, out=g_at[t])
+            i = act["i"][t] if "i" in act else None
+            f = 1 - i if "CIFG" in flags else act["f"][t] if "f" in act else None
             if f is None:
                 c.copy_(c_prev)
             else:
                 torch.mul(f, c_prev, out=c)
             if i is None:
-                c.add_(gs[t])
+                c.add_(g_at[t])
             else:
-                c.addcmul_(i, gs[t])
+                c.addcmul_(i, g_at[t])
             if E < S:  # the output gate peeks at the new c_t
-                if peep is not None:
-                    a[:, E * H : S * H].addcmul_(peep[E], c)
-                torch.sigmoid(a[:, E * H : S * H], out=sig[t, :, E * H :])
+                if p_late is not None:
+                    a_late.addcmul_(p_late, c)
+                torch.sigmoid(a_late, out=late[t])
             if "NOAF" not in flags:
-                torch.tanh(c, out=outs[t])
+                torch.tanh(c, out=out_at[t])
             if "o" in act:
-                torch.mul(act["o"], outs[t], out=hs[t + 1])
+                torch.mul(act["o"][t], out_at[t], out=h_at[t + 1])
             else:
-                hs[t + 1] = outs[t]
+                h_at[t + 1].copy_(out_at[t])
             s = sig[t]
         ctx.cfg = cfg
         ctx.saved = (hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss)

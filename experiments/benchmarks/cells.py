@@ -43,7 +43,8 @@ def variants() -> dict[str, Callable[[], nn.Module]]:
     for name in CELLS:
         if name != "lstm_variant":
             out[name] = lambda name=name: StackedRNN(name, FEATURES, HIDDEN, DEPTH)
-    out["lstm (step path)"] = lambda: _StepPath(StackedRNN("lstm", FEATURES, HIDDEN, DEPTH))
+    for name in ("lstm", "peephole", "gru_classic", "indrnn"):  # the eager loop over forward, for comparison
+        out[f"{name} (step path)"] = lambda name=name: _StepPath(StackedRNN(name, FEATURES, HIDDEN, DEPTH))
     for v in ("vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"):
         out[f"lstm_variant={v}"] = lambda v=v: StackedRNN("lstm_variant", FEATURES, HIDDEN, DEPTH, variant=v)
     return out
