@@ -51,33 +51,35 @@ def test_lstm_matches_spec(batch, steps, inp, hid):
     assert torch.allclose(c_last, c, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("batch,steps,inp,hid", [(1, 1, 2, 3), (4, 9, 3, 5)])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_rnn_matches_spec(nonlinearity):
+def test_rnn_matches_spec(nonlinearity, batch, steps, inp, hid):
     torch.manual_seed(1)
-    cell = RNN(3, 5, nonlinearity=nonlinearity)
-    x = torch.randn(4, 9, 3)
+    cell = RNN(inp, hid, nonlinearity=nonlinearity)
+    x = torch.randn(batch, steps, inp)
     f = torch.tanh if nonlinearity == "tanh" else torch.relu
-    h = torch.zeros(4, 5)
-    for t in range(9):  # h_t = f(W_xh x_t + W_hh h_{t-1} + b_h)
+    h = torch.zeros(batch, hid)
+    for t in range(steps):  # h_t = f(W_xh x_t + W_hh h_{t-1} + b_h)
         h = f(x[:, t] @ cell.weight_ih.T + h @ cell.weight_hh.T + cell.bias_ih + cell.bias_hh)
-    out, _ = cell.scan(x, cell.init_state(4, x))
+    out, _ = cell.scan(x, cell.init_state(batch, x))
     assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
 
 
-def test_gru_matches_spec():
+@pytest.mark.parametrize("batch,steps,inp,hid", [(1, 1, 2, 3), (4, 9, 3, 5)])
+def test_gru_matches_spec(batch, steps, inp, hid):
     torch.manual_seed(2)
-    cell = GRU(3, 5)
-    x = torch.randn(4, 9, 3)
+    cell = GRU(inp, hid)
+    x = torch.randn(batch, steps, inp)
     (Wr, Wz, Wn), (Ur, Uz, Un) = cell.weight_ih.chunk(3), cell.weight_hh.chunk(3)
     (br, bz, bn), (cr, cz, cn) = cell.bias_ih.chunk(3), cell.bias_hh.chunk(3)
-    h = torch.zeros(4, 5)
-    for t in range(9):  # the fused-kernel convention: r applied after W_hn h + b_hn
+    h = torch.zeros(batch, hid)
+    for t in range(steps):  # the fused-kernel convention: r applied after W_hn h + b_hn
         xt = x[:, t]
         r = sigmoid(xt @ Wr.T + br + h @ Ur.T + cr)
         z = sigmoid(xt @ Wz.T + bz + h @ Uz.T + cz)
         n = torch.tanh(xt @ Wn.T + bn + r * (h @ Un.T + cn))
         h = (1 - z) * n + z * h
-    out, _ = cell.scan(x, cell.init_state(4, x))
+    out, _ = cell.scan(x, cell.init_state(batch, x))
     assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
 
 
