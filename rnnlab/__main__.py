@@ -238,7 +238,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         NullTracker, Tracker, TrackingError, check_params, plot_decay, plot_gradient_heatmaps, plot_predictions,
         ui_command,
     )
-    from rnnlab.train import Interrupted, NonFiniteError, TrainState, predict, score, train
+    from rnnlab.train import Interrupted, NonFiniteError, TrainState, fit_ridge, predict, score, train
 
     started = time.perf_counter()
     d = config.data
@@ -255,11 +255,12 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         model = StackedRNN(  # the head follows from the data's task, never from a flag
             config.cell.name, data.n_features, config.hidden_size, config.depth,
             output_size=data.task.n_outputs, many_to_many=data.task.many_to_many,
-            dropout=config.dropout, **config.cell.options,
+            dropout=config.dropout, bidirectional=config.bidirectional, **config.cell.options,
         )
         resume_from = _resume_point(config.resume, flat, digest, config.tracking.uri)
         n_params = count_parameters(model)
-        params = {**flat, "n_params": n_params, "n_features": data.n_features}
+        # "cell" too, beside "cell.name": filters read naturally (params.cell IN ('rnn', 'lstm')).
+        params = {**flat, "cell": config.cell.name, "n_params": n_params, "n_features": data.n_features}
         check_params(params)
     except (ConfigError, DataError, TrackingError, ValueError) as e:
         raise RunError(str(e)) from None
@@ -309,8 +310,11 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
 
     stop = runtime.StopOnSignal()
     status, exit_code, last_state = "FAILED", 0, []
+    readout = model.layers[0]  # an echo state network's head is solved, not trained
+    closed_form = getattr(readout, "readout", None) == "ridge"
     try:
-        result = train(
+        result = fit_ridge(model, data, config.train, readout.ridge, device=device, log=tracker.log_metrics) \
+            if closed_form else train(
             model, data, config.train, truncation=config.truncation, seed=config.seed,
             device=device, log=tracker.log_metrics, progress=progress, resume=state,
             save=lambda s: (last_state[:1].clear() or last_state.append(s), save(s)),

@@ -2,17 +2,22 @@
 
 Every cell is an ``nn.Module`` with
 
-    forward(x_t, state) -> (h_t, state)     one step; x_t (B, I), h_t (B, H), state a tuple of (B, H)
+    forward(x_t, state) -> (h_t, state)     one step; x_t (B, I), h_t (B, H), state a tuple of tensors
     init_state(batch, like) -> state         zeros, on the device and dtype of ``like``
     scan(x, state) -> (outputs, state)       a whole (B, T, I) sequence; outputs (B, T, H)
 
 so that the stack, the training loop and the gradient probe never branch on the cell type.
-``scan`` defaults to the step loop; the standard cells (rnn, lstm, gru) override it with
-PyTorch's fused kernels (cuDNN on a GPU) over the *same* parameters, so the step path stays
-available as an exact, readable reference (``step_scan``).
+``forward`` is the readable reference: the gate math of ../shared/spec/CELLS.md in plain view.
+``scan`` runs the same function fast:
 
-The equations are ../shared/spec/CELLS.md's. Parameters use PyTorch's layout (gates stacked
-along dim 0 of one matrix, in PyTorch's gate order) so the fused kernels can read them directly.
+- rnn, lstm, gru: PyTorch's fused kernels (cuDNN on a GPU) over the same parameters;
+- peephole, cifg, lstm_variant, gru_classic, indrnn: one autograd function per layer whose
+  backward through time is written by hand (rnnlab/bptt.py), tested against ``step_scan``;
+- esn: the step loop (its reservoir is frozen, so there is no backward to speed up);
+- transformer: masked attention over the whole sequence at once.
+
+``step_scan`` (the step loop over ``forward``) computes the same function for every cell, with
+every h_t a node of the autograd graph: the gradient probe uses it.
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from rnnlab import bptt
 
 State = tuple[Tensor, ...]
 
@@ -34,6 +42,13 @@ def step_scan(cell: "Cell", x: Tensor, state: State) -> tuple[Tensor, State]:
         h_t, state = cell(x_t, state)
         outputs.append(h_t)
     return torch.stack(outputs, 1), state
+
+
+def _choice(key: str, value: object, allowed: tuple) -> None:
+    """The one-line error for an option outside its Literal (the config checks it too; this
+    guards Python callers)."""
+    if value not in allowed:
+        raise ValueError(f"cell.{key}={value!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
 
 
 class Cell(nn.Module):
@@ -53,6 +68,62 @@ class Cell(nn.Module):
         return step_scan(self, x, state)
 
 
+# ------------------------------------------------------------------------------ initialisation
+
+RecurrentInit = Literal["default", "orthogonal"]
+
+
+def init_recurrent(weight: Tensor, how: str) -> None:
+    """Re-initialise each gate's square (H, H) block of a stacked recurrent matrix (G*H, H).
+
+    default: PyTorch's U(-1/sqrt(H), 1/sqrt(H)), left as it is. orthogonal: every block an
+    orthogonal matrix (Saxe et al. 2014), so h_{t-1} -> W h_{t-1} preserves norms at init.
+    identity: W = I, the IRNN of Le et al. 2015 (with relu and zero bias, h carries over unchanged).
+    """
+    with torch.no_grad():
+        for block in weight.split(weight.size(1), 0):
+            if how == "orthogonal":
+                nn.init.orthogonal_(block)
+            elif how == "identity":
+                block.copy_(torch.eye(weight.size(1)))
+
+
+def init_forget_bias(b_i: Tensor | None, b_f: Tensor | None, forget_bias: float, chrono: int) -> None:
+    """Bias the cell towards remembering (f near 1) at the start of training.
+
+    forget_bias: b_f = forget_bias (1: Jozefowicz et al. 2015, Keras' default).
+    chrono > 0: chrono init (Tallec & Ollivier 2018), b_f = log(U(1, chrono - 1)), b_i = -b_f,
+    so the cell's memory time scales spread up to ``chrono`` steps.
+    Either bias may be absent (a variant without that gate); a coupled cell (f = 1 - i) passes
+    its input bias negated as ``b_f``, since 1 - σ(a) = σ(-a).
+    """
+    if not math.isfinite(forget_bias):
+        raise ValueError(f"cell.forget_bias={forget_bias!r}: must be a finite number")
+    if chrono < 0 or chrono == 1:
+        raise ValueError(f"cell.chrono={chrono}: allowed 0 (off) or the longest dependency in steps (>= 2)")
+    with torch.no_grad():
+        like = b_f if b_f is not None else b_i
+        if chrono:
+            value = torch.log(torch.empty_like(like).uniform_(1, max(chrono - 1, 1)))
+        else:
+            value = torch.full_like(like, forget_bias)
+        if b_f is not None:
+            b_f.copy_(value)
+        if b_i is not None and chrono:
+            b_i.copy_(-value)
+
+
+def _pytorch_default_(params: list[Tensor], hidden_size: int) -> None:
+    """torch.nn.RNN/LSTM/GRU's initialisation: every weight and bias U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = 1 / math.sqrt(hidden_size)
+    with torch.no_grad():
+        for p in params:
+            p.uniform_(-bound, bound)
+
+
+# ------------------------------------------------------------------------------- fused cells
+
+
 class _Fused(Cell):
     """A cell whose parameters live in a one-layer torch.nn.RNN/LSTM/GRU, run fused by ``scan``.
 
@@ -61,13 +132,14 @@ class _Fused(Cell):
     the function are the spec's; gru keeps both, since its b_hn sits inside r * (W_hn h + b_hn).
     """
 
-    def __init__(self, fused: nn.RNNBase, fold_bias: bool) -> None:
+    def __init__(self, fused: nn.RNNBase, fold_bias: bool, recurrent_init: str) -> None:
         super().__init__(fused.input_size, fused.hidden_size)
         self.fused = fused
         if fold_bias:
             with torch.no_grad():
                 fused.bias_hh_l0.zero_()
             fused.bias_hh_l0.requires_grad_(False)
+        init_recurrent(fused.weight_hh_l0, recurrent_init)
 
     # Readable names for the step equations; the tensors are the fused module's own.
     @property
@@ -94,17 +166,24 @@ class _Fused(Cell):
 
 
 class RNN(_Fused):
-    """Elman RNN: h_t = f(W_xh x_t + W_hh h_{t-1} + b_h), f = tanh or relu."""
+    """Elman RNN: h_t = f(W_xh x_t + W_hh h_{t-1} + b_h), f = tanh or relu.
+
+    ``recurrent_init=identity`` with relu is the IRNN (Le et al. 2015): W_hh = I, b_h = 0."""
 
     def __init__(
-        self, input_size: int, hidden_size: int, nonlinearity: Literal["tanh", "relu"] = "tanh"
+        self,
+        input_size: int,
+        hidden_size: int,
+        nonlinearity: Literal["tanh", "relu"] = "tanh",
+        recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
     ) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"cell.nonlinearity={nonlinearity!r}: allowed tanh, relu")
-        super().__init__(
-            nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True),
-            fold_bias=True,
-        )
+        _choice("nonlinearity", nonlinearity, ("tanh", "relu"))
+        _choice("recurrent_init", recurrent_init, ("default", "orthogonal", "identity"))
+        fused = nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True)
+        super().__init__(fused, fold_bias=True, recurrent_init=recurrent_init)
+        if recurrent_init == "identity":
+            with torch.no_grad():
+                self.bias_ih.zero_()
         self.activation = torch.tanh if nonlinearity == "tanh" else torch.relu
 
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
@@ -118,18 +197,23 @@ class LSTM(_Fused):
 
     n_states = 2
 
-    def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0) -> None:
-        super().__init__(nn.LSTM(input_size, hidden_size, batch_first=True), fold_bias=True)
-        if not math.isfinite(forget_bias):
-            raise ValueError(f"cell.forget_bias={forget_bias!r}: must be a finite number")
-        # Forget-gate bias 1 (Jozefowicz et al. 2015; Keras' default): remember by default.
-        with torch.no_grad():
-            self.bias_ih[hidden_size : 2 * hidden_size].fill_(forget_bias)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        forget_bias: float = 1.0,
+        chrono: int = 0,
+        recurrent_init: RecurrentInit = "default",
+    ) -> None:
+        _choice("recurrent_init", recurrent_init, ("default", "orthogonal"))
+        super().__init__(nn.LSTM(input_size, hidden_size, batch_first=True), True, recurrent_init)
+        b_i, b_f, _, _ = self.bias_ih.split(hidden_size)  # PyTorch's gate order: i, f, g, o
+        init_forget_bias(b_i, b_f, forget_bias, chrono)
 
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         gates = F.linear(x_t, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh)
-        i, f, g, o = gates.chunk(4, 1)  # PyTorch's gate order
+        i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
@@ -140,11 +224,12 @@ class GRU(_Fused):
 
     r = σ(W_ir x + b_ir + W_hr h + b_hr), z likewise,
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}.
-    Not seed 002's GRU, which applies r before the product (a different function).
+    Not seed 002's GRU, which applies r before the product (that is ``GRUClassic``).
     """
 
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__(nn.GRU(input_size, hidden_size, batch_first=True), fold_bias=False)
+    def __init__(self, input_size: int, hidden_size: int, recurrent_init: RecurrentInit = "default") -> None:
+        _choice("recurrent_init", recurrent_init, ("default", "orthogonal"))
+        super().__init__(nn.GRU(input_size, hidden_size, batch_first=True), False, recurrent_init)
 
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         (h,) = state
@@ -157,4 +242,358 @@ class GRU(_Fused):
         return h, (h,)
 
 
-CELLS: dict[str, type[Cell]] = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+# ------------------------------------------------------------------------------- loop cells
+
+
+class _GatedLSTM(Cell):
+    """The LSTM family of Greff et al. 2017 behind flags; ``Peephole``, ``CIFG`` and
+    ``LSTMVariant`` choose the flags. Gates are stacked in the order i, f, o, g (only those the
+    variant has), so the sigmoid gates are one contiguous block for the fast path.
+
+        i = σ(W_i x + R_i h + p_i ⊙ c_{t-1} + b_i)       NIG: i = 1
+        f = σ(W_f x + R_f h + p_f ⊙ c_{t-1} + b_f)       NFG: f = 1;   CIFG: f = 1 - i
+        g = tanh(W_g x + R_g h + b_g)                    NIAF: g = its pre-activation
+        c = f ⊙ c_{t-1} + i ⊙ g
+        o = σ(W_o x + R_o h + p_o ⊙ c_t + b_o)           NOG: o = 1;   peek at c_{t-1}: output_reads
+        h = o ⊙ tanh(c)                                  NOAF: h = o ⊙ c
+    NP: no peepholes p. FGR: the sigmoid gates also read the previous step's sigmoid gate
+    activations through a full matrix, so the state carries them: (h, c, i, f, o).
+    """
+
+    FLAGS = ("NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        flags: frozenset[str],
+        output_reads: str,
+        forget_bias: float,
+        chrono: int,
+        recurrent_init: str,
+    ) -> None:
+        super().__init__(input_size, hidden_size)
+        _choice("recurrent_init", recurrent_init, ("default", "orthogonal"))
+        _choice("output_reads", output_reads, ("c_t", "c_prev"))
+        self.flags = flags
+        self.sigmoid_gates = [g for g, off in (("i", "NIG"), ("f", "NFG"), ("o", "NOG")) if off not in flags]
+        if "CIFG" in flags:
+            self.sigmoid_gates.remove("f")
+        self.gates = self.sigmoid_gates + ["g"]
+        # The sigmoid gates computed before c_t (reading c_{t-1}): i, f, and o if it peeks at c_{t-1}.
+        self.n_early = sum(g != "o" or output_reads == "c_prev" for g in self.sigmoid_gates)
+        H, G, S = hidden_size, len(self.gates), len(self.sigmoid_gates)
+        self.weight_ih = nn.Parameter(torch.empty(G * H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(G * H, H))
+        self.bias = nn.Parameter(torch.empty(G * H))
+        params = [self.weight_ih, self.weight_hh, self.bias]
+        self.peephole = None if "NP" in flags else nn.Parameter(torch.empty(S, H))  # p_i, p_f, p_o
+        self.weight_ss = nn.Parameter(torch.empty(S * H, S * H)) if "FGR" in flags else None
+        params += [p for p in (self.peephole, self.weight_ss) if p is not None]
+        _pytorch_default_(params, H)
+        init_recurrent(self.weight_hh, recurrent_init)
+        b = dict(zip(self.gates, self.bias.split(H)))
+        b_f = b["i"] if "CIFG" in flags else b.get("f")  # CIFG: f = 1 - σ(a_i) = σ(-a_i)
+        init_forget_bias(None if "CIFG" in flags else b.get("i"), b_f, forget_bias, chrono)
+        if "CIFG" in flags:
+            with torch.no_grad():
+                b["i"].neg_()
+        self.n_states = 2 + (S if "FGR" in flags else 0)
+
+    def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c_prev, *s_prev = state  # s_prev: last step's sigmoid gate activations (FGR only)
+        a = F.linear(x_t, self.weight_ih, self.bias) + F.linear(h, self.weight_hh)
+        if s_prev:
+            a = a + F.pad(F.linear(torch.cat(s_prev, 1), self.weight_ss), (0, self.hidden_size))
+        pre = dict(zip(self.gates, a.chunk(len(self.gates), 1)))
+        peep = dict(zip(self.sigmoid_gates, self.peephole)) if self.peephole is not None else {}
+        early = self.sigmoid_gates[: self.n_early]
+
+        def gate(name: str, c_seen: Tensor) -> Tensor | None:  # None: the gate is 1 (absent)
+            if name not in pre:
+                return None
+            return torch.sigmoid(pre[name] + peep[name] * c_seen if name in peep else pre[name])
+
+        i = gate("i", c_prev)
+        f = 1 - i if "CIFG" in self.flags else gate("f", c_prev)
+        g = pre["g"] if "NIAF" in self.flags else torch.tanh(pre["g"])
+        c = (c_prev if f is None else f * c_prev) + (g if i is None else i * g)
+        o = gate("o", c_prev if "o" in early else c)
+        act = c if "NOAF" in self.flags else torch.tanh(c)
+        h = act if o is None else o * act
+        s = {"i": i, "f": f, "o": o}
+        return h, (h, c, *[s[name] for name in self.sigmoid_gates]) if s_prev else (h, c)
+
+    def init_state(self, batch: int, like: Tensor) -> State:
+        return tuple(like.new_zeros(batch, self.hidden_size) for _ in range(self.n_states))
+
+    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h0, c0, *s0 = state
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, G*H): one matmul for all t
+        hs, c, s = bptt.GatedLSTM.apply(
+            xp, h0, c0, torch.cat(s0, 1) if s0 else None, self.weight_hh, self.peephole, self.weight_ss,
+            (self.flags, tuple(self.sigmoid_gates), self.n_early),
+        )
+        state = (hs[-1], c, *(s.chunk(len(self.sigmoid_gates), 1) if s0 else ()))
+        return hs.transpose(0, 1), state
+
+
+class Peephole(_GatedLSTM):
+    """LSTM whose gates read the cell state through diagonal weights p (Gers & Schmidhuber 2000).
+    The output gate reads the new c_t; ``output_reads=c_prev`` reads c_{t-1} (seed 001's figure).
+    Greff et al.'s vanilla LSTM."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_reads: Literal["c_t", "c_prev"] = "c_t",
+        forget_bias: float = 1.0,
+        chrono: int = 0,
+        recurrent_init: RecurrentInit = "default",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, flags=frozenset(), output_reads=output_reads,
+            forget_bias=forget_bias, chrono=chrono, recurrent_init=recurrent_init,
+        )
+
+
+class CIFG(_GatedLSTM):
+    """Coupled input and forget gates, f = 1 - i (seed 001), without peepholes (CELLS.md's row)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        forget_bias: float = 1.0,
+        chrono: int = 0,
+        recurrent_init: RecurrentInit = "default",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, flags=frozenset({"CIFG", "NP"}), output_reads="c_t",
+            forget_bias=forget_bias, chrono=chrono, recurrent_init=recurrent_init,
+        )
+
+
+Variant = Literal["vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"]
+
+
+class LSTMVariant(_GatedLSTM):
+    """The eight variants of Greff et al. 2017, each one change to their vanilla (peephole) LSTM:
+    NIG no input gate, NFG no forget gate, NOG no output gate, NIAF no input activation,
+    NOAF no output activation, NP no peepholes, CIFG coupled gates (with peepholes, unlike
+    ``cifg``), FGR full gate recurrence."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        variant: Variant = "vanilla",
+        forget_bias: float = 1.0,
+        chrono: int = 0,
+        recurrent_init: RecurrentInit = "default",
+    ) -> None:
+        _choice("variant", variant, ("vanilla", *_GatedLSTM.FLAGS))
+        super().__init__(
+            input_size, hidden_size, flags=frozenset({variant} - {"vanilla"}), output_reads="c_t",
+            forget_bias=forget_bias, chrono=chrono, recurrent_init=recurrent_init,
+        )
+        self.variant = variant
+
+
+class GRUClassic(Cell):
+    """Seed 002's GRU (Cho et al. 2014): the reset gate acts before the recurrent product.
+
+    r = σ(W_r[h, x] + b_r), z = σ(W_z[h, x] + b_z), h̃ = tanh(W_h[r ⊙ h, x] + b_h),
+    h_t = (1 - z) ⊙ h_{t-1} + z ⊙ h̃.   One bias per gate; gates stacked r, z, h̃."""
+
+    def __init__(self, input_size: int, hidden_size: int, recurrent_init: RecurrentInit = "default") -> None:
+        super().__init__(input_size, hidden_size)
+        _choice("recurrent_init", recurrent_init, ("default", "orthogonal"))
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(3 * hidden_size))
+        _pytorch_default_([self.weight_ih, self.weight_hh, self.bias], hidden_size)
+        init_recurrent(self.weight_hh, recurrent_init)
+
+    def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        (h,) = state
+        x_r, x_z, x_h = F.linear(x_t, self.weight_ih, self.bias).chunk(3, 1)
+        w_r, w_z, w_h = self.weight_hh.chunk(3, 0)
+        r = torch.sigmoid(x_r + F.linear(h, w_r))
+        z = torch.sigmoid(x_z + F.linear(h, w_z))
+        candidate = torch.tanh(x_h + F.linear(r * h, w_h))
+        h = (1 - z) * h + z * candidate
+        return h, (h,)
+
+    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 3H)
+        hs = bptt.GRUClassic.apply(xp, state[0], self.weight_hh)
+        return hs.transpose(0, 1), (hs[-1],)
+
+
+class _Bound(nn.Module):
+    """u = u_max tanh(v): |u| < u_max for every value of the trained v, so the bound holds
+    after every optimiser step by construction (Li et al. clip after each step instead)."""
+
+    def __init__(self, u_max: float) -> None:
+        super().__init__()
+        self.u_max = u_max
+
+    def forward(self, v: Tensor) -> Tensor:
+        return self.u_max * torch.tanh(v)
+
+    def right_inverse(self, u: Tensor) -> Tensor:
+        return torch.atanh((u / self.u_max).clamp(-0.999, 0.999))
+
+
+class IndRNN(Cell):
+    """IndRNN (Li et al. 2018): h_t = relu(W x_t + u ⊙ h_{t-1} + b), u a vector: each unit
+    has its own recurrent weight. ``u_max`` bounds |u| (Li et al. use 2^(1/T) for T steps)."""
+
+    def __init__(self, input_size: int, hidden_size: int, u_max: float | None = None) -> None:
+        super().__init__(input_size, hidden_size)
+        if u_max is not None and not u_max > 0:
+            raise ValueError(f"cell.u_max={u_max!r} must be > 0 (or null: unbounded)")
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
+        self.bias = nn.Parameter(torch.empty(hidden_size))
+        _pytorch_default_([self.weight_ih, self.bias], hidden_size)
+        # u ~ U(0, 1) as in Li et al.; within the bound when there is one.
+        self.u = nn.Parameter(torch.rand(hidden_size) * min(1.0, u_max or 1.0))
+        if u_max is not None:
+            parametrize.register_parametrization(self, "u", _Bound(u_max))
+
+    def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        (h,) = state
+        h = torch.relu(F.linear(x_t, self.weight_ih, self.bias) + self.u * h)
+        return h, (h,)
+
+    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, H)
+        hs = bptt.IndRNN.apply(xp, state[0], self.u)
+        return hs.transpose(0, 1), (hs[-1],)
+
+
+class ESN(Cell):
+    """Echo state network (Jaeger 2001): a random, frozen, sparse reservoir
+    h_t = (1 - a) h_{t-1} + a tanh(W_in x_t + W h_{t-1} + b), W scaled to spectral radius ρ.
+
+    Nothing here trains: W_in, W and b are buffers. Only the model's head (the readout) learns,
+    by closed-form ridge regression (``readout=ridge``: rnnlab.model.fit_readout, with
+    ``ridge`` as its penalty) or by gradient descent (``readout=gradient``: the normal loop)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        spectral_radius: float = 0.9,
+        density: float = 0.1,
+        leak: float = 1.0,
+        input_scale: float = 1.0,
+        readout: Literal["ridge", "gradient"] = "ridge",
+        ridge: float = 1e-6,
+    ) -> None:
+        super().__init__(input_size, hidden_size)
+        for key, value, ok, allowed in [
+            ("spectral_radius", spectral_radius, spectral_radius > 0, "> 0 (< 1 for the echo-state property)"),
+            ("density", density, 0 < density <= 1, "in (0, 1]"),
+            ("leak", leak, 0 < leak <= 1, "in (0, 1]"),
+            ("input_scale", input_scale, input_scale > 0, "> 0"),
+            ("ridge", ridge, ridge >= 0, ">= 0"),
+        ]:
+            if not ok:
+                raise ValueError(f"cell.{key}={value!r} is out of range (allowed: {allowed})")
+        _choice("readout", readout, ("ridge", "gradient"))
+        self.leak, self.readout, self.ridge = leak, readout, ridge
+        self.register_buffer("weight_ih", torch.empty(hidden_size, input_size).uniform_(-input_scale, input_scale))
+        self.register_buffer("bias", torch.empty(hidden_size).uniform_(-input_scale, input_scale))
+        self.register_buffer("weight_hh", _reservoir(hidden_size, density, spectral_radius))
+
+    def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        (h,) = state
+        new = torch.tanh(F.linear(x_t, self.weight_ih, self.bias) + F.linear(h, self.weight_hh))
+        h = (1 - self.leak) * h + self.leak * new
+        return h, (h,)
+
+
+def _reservoir(size: int, density: float, radius: float) -> Tensor:
+    """A sparse random (size, size) matrix with a fraction ``density`` of non-zeros, scaled to
+    spectral radius ``radius``. A very sparse small matrix can be nilpotent (all eigenvalues 0,
+    nothing to scale): draw again."""
+    for _ in range(100):
+        w = torch.empty(size, size, dtype=torch.float64).uniform_(-1, 1)
+        w *= torch.rand(size, size, dtype=torch.float64) < density
+        current = torch.linalg.eigvals(w).abs().max()
+        if current > 1e-6:
+            return (w * (radius / current)).to(torch.get_default_dtype())
+    raise ValueError(f"cell.density={density}: too sparse for hidden_size={size} (no non-zero eigenvalue)")
+
+
+class Transformer(Cell):
+    """One pre-norm causal Transformer block (Vaswani et al. 2017), the attention baseline of
+    seed 002: x + Attention(LN x), then + MLP(LN x). Stacked ``depth`` times by StackedRNN.
+
+    Position enters as ALiBi (Press et al. 2022): head k's score for key j from query t is
+    lowered by slope_k (t - j). It needs no parameters, works at every layer and at any length,
+    and carries over chunk boundaries. The state is the cache of past keys and values
+    (B, P, H) each, so truncated BPTT can carry a detached cache like a recurrent state;
+    ``forward(x_t, state)`` is one step of the same function.
+    """
+
+    n_states = 2
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int = 4, mlp_ratio: int = 4) -> None:
+        super().__init__(input_size, hidden_size)
+        if heads < 1 or hidden_size % heads:
+            raise ValueError(f"cell.heads={heads}: must divide hidden_size={hidden_size}")
+        if mlp_ratio < 1:
+            raise ValueError(f"cell.mlp_ratio={mlp_ratio} is out of range (allowed: >= 1)")
+        self.heads = heads
+        # Layer 1 reads the features (or a bidirectional stack's 2h): project to the width first.
+        self.embed = nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
+        self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_ratio * hidden_size), nn.GELU(), nn.Linear(mlp_ratio * hidden_size, hidden_size)
+        )
+        self.register_buffer("slopes", 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads), persistent=False)
+
+    def init_state(self, batch: int, like: Tensor) -> State:
+        return tuple(like.new_zeros(batch, 0, self.hidden_size) for _ in range(2))  # no past yet
+
+    def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        out, state = self.scan(x_t.unsqueeze(1), state)
+        return out[:, 0], state
+
+    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        B, T, H = x.size(0), x.size(1), self.hidden_size
+        x = self.embed(x)  # (B, T, H)
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, 2)
+        k, v = torch.cat([state[0], k], 1), torch.cat([state[1], v], 1)  # (B, P + T, H)
+        P = k.size(1) - T
+        query_at = torch.arange(P, P + T, device=x.device)[:, None]
+        key_at = torch.arange(P + T, device=x.device)[None, :]
+        distance = (query_at - key_at).to(x.dtype)  # (T, P + T)
+        bias = -self.slopes.to(x.dtype)[:, None, None] * distance  # (heads, T, P + T)
+        bias = bias.masked_fill(distance < 0, float("-inf"))  # causal: no key from the future
+        split = lambda t: t.view(B, -1, self.heads, H // self.heads).transpose(1, 2)  # (B, heads, ·, H/heads)
+        att = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
+        x = x + self.proj(att.transpose(1, 2).reshape(B, T, H))
+        x = x + self.mlp(self.norm2(x))
+        return x, (k, v)
+
+
+CELLS: dict[str, type[Cell]] = {
+    "rnn": RNN,
+    "lstm": LSTM,
+    "gru": GRU,
+    "gru_classic": GRUClassic,
+    "peephole": Peephole,
+    "cifg": CIFG,
+    "lstm_variant": LSTMVariant,
+    "indrnn": IndRNN,
+    "esn": ESN,
+    "transformer": Transformer,
+}

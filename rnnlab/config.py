@@ -97,6 +97,7 @@ class Config:
     depth: int = _bounded(4, ge=1)
     hidden_size: int = _bounded(64, ge=1)
     dropout: float = _bounded(0.0, ge=0, lt=1)
+    bidirectional: bool = False  # every layer also runs backward in time (many-to-one tasks only)
     truncation: int = _bounded(0, ge=0)  # truncated BPTT length k; 0 = full BPTT
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

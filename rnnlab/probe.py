@@ -68,7 +68,7 @@ class Probe:
         if k < T:
             with torch.no_grad():
                 _, state = model(x[:, : T - k])
-        self._edges: list[list[tuple[int, int, Tensor, Tensor]]] = []  # per (layer, direction)
+        self._edges: list[list[tuple[int, int, Tensor, Tensor | None]]] = []  # per (layer, direction)
         self._T, self._offset = T, T - k
 
         def run(cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
@@ -85,9 +85,11 @@ class Probe:
             out, state = cell.scan(x[:, start : start + self.resolution], state)
             up = out.clone()  # what the layer above and the head read
             up.retain_grad()
-            handed = state[0].clone()  # h, as the next chunk reads it
-            handed.retain_grad()
-            state = (handed, *state[1:])
+            handed = None
+            if state[0].shape == out[:, -1].shape:  # h, as the next chunk reads it (a transformer
+                handed = state[0].clone()  # hands on a key/value cache instead: h_t has no time path)
+                handed.retain_grad()
+                state = (handed, *state[1:])
             edges.append((start + out.size(1) - 1, out.size(1) - 1, up, handed))
             outs.append(up)
         while len(self._edges) <= 2 * layer + direction:
@@ -106,10 +108,10 @@ class Probe:
         for index, edges in enumerate(self._edges):
             layer, direction = divmod(index, 2)
             for t, local, up, handed in edges:
-                total = torch.zeros_like(handed)
+                total = torch.zeros_like(up[:, local])
                 if up.grad is not None:
                     total = total + up.grad[:, local]  # up through the layers
-                if handed.grad is not None:
+                if handed is not None and handed.grad is not None:
                     total = total + handed.grad  # back through time
                 time = t if direction == 0 else window - 1 - t  # the backward cell runs reversed
                 dh[layer, direction, self._offset + time] = total.double().norm(dim=-1).mean().item()
@@ -149,15 +151,16 @@ def weight_norms(model: nn.Module) -> dict[str, float]:
 
 
 def _group(name: str) -> str:
-    leaf = name.rsplit(".", 1)[-1].lower()
-    if "ih" in leaf or leaf.startswith(("w_in", "input", "weight_x", "w_x")):
-        return "input"
-    if "hh" in leaf or "recurrent" in leaf or leaf in ("u", "w_h", "weight_h"):
-        return "recurrent"
-    if "peep" in leaf or leaf.startswith("p_"):
-        return "peephole"
-    if "bias" in leaf or leaf.startswith("b"):
+    """input (W_ih), recurrent (W_hh, IndRNN's u), bias, peephole, or other (attention, norms)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf.startswith("bias"):
         return "bias"
+    if "peephole" in leaf:
+        return "peephole"
+    if "_ih" in leaf:
+        return "input"
+    if "_hh" in leaf or leaf == "u":
+        return "recurrent"
     return "other"
 
 

@@ -542,14 +542,25 @@ def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    import re
+
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise TrackingError(f"experiment {experiment!r} not found in {uri}")
+    # MLflow's stores reject IN on params; those clauses are applied here, the rest by MLflow.
+    clauses = [c.strip() for c in re.split(r"\s+and\s+", filter_string, flags=re.IGNORECASE) if c.strip()]
+    wanted: dict[str, set[str]] = {}
+    for clause in list(clauses):
+        match = re.fullmatch(r"params\.`?([^`\s]+)`?\s+IN\s*\((.*)\)", clause, flags=re.IGNORECASE)
+        if match:
+            wanted[match.group(1)] = set(re.findall(r"'([^']*)'", match.group(2)))
+            clauses.remove(clause)
     try:
-        runs = client.search_runs([found.experiment_id], filter_string=filter_string, max_results=1000)
+        runs = client.search_runs([found.experiment_id], filter_string=" and ".join(clauses), max_results=1000)
     except MlflowException as e:
         raise TrackingError(f"--filter {filter_string!r}: {_one_line(e)}") from None
+    runs = [r for r in runs if all(r.data.params.get(k) in values for k, values in wanted.items())]
     out = []
     for run in runs:
         target = Path(folder) / run.info.run_id

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.cells import State
+from rnnlab.model import fit_readout
 from rnnlab.config import TrainConfig
 from rnnlab.probe import Probe, ProbeRecord
 from rnnlab.data import Sequences, Stream, Task, Windows
@@ -311,3 +312,28 @@ def train(
 
     model.load_state_dict(best_state)
     return TrainResult(best_val, best_epoch, len(history), step, history)
+
+
+def fit_ridge(
+    model: nn.Module, data: Data, cfg: TrainConfig, ridge: float, *,
+    device: torch.device = torch.device("cpu"), log: Log = lambda metrics, step: None,
+) -> TrainResult:
+    """Training without gradients, for a frozen recurrence with a closed-form readout (an echo
+    state network): one pass over the training split solves the head by ridge regression.
+    Classification regresses one-hot targets (the class with the largest output wins)."""
+    model.to(device)
+    task = data.task
+
+    def examples() -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in data.batches("train", cfg.batch_size):
+            y = y.to(device)
+            if task.kind == "classification":
+                y = F.one_hot(y.long(), task.n_outputs).to(torch.float32)
+            yield x.to(device), y
+
+    started = time.perf_counter()
+    fit_readout(model, examples(), ridge)
+    val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
+    metrics = {"val_loss": val_loss, "epoch_seconds": time.perf_counter() - started}
+    log(metrics, 1)
+    return TrainResult(val_loss, 1, 1, 0, [metrics])

@@ -51,33 +51,35 @@ def test_lstm_matches_spec(batch, steps, inp, hid):
     assert torch.allclose(c_last, c, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("batch,steps,inp,hid", [(1, 1, 2, 3), (4, 9, 3, 5)])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_rnn_matches_spec(nonlinearity):
+def test_rnn_matches_spec(nonlinearity, batch, steps, inp, hid):
     torch.manual_seed(1)
-    cell = RNN(3, 5, nonlinearity=nonlinearity)
-    x = torch.randn(4, 9, 3)
+    cell = RNN(inp, hid, nonlinearity=nonlinearity)
+    x = torch.randn(batch, steps, inp)
     f = torch.tanh if nonlinearity == "tanh" else torch.relu
-    h = torch.zeros(4, 5)
-    for t in range(9):  # h_t = f(W_xh x_t + W_hh h_{t-1} + b_h)
+    h = torch.zeros(batch, hid)
+    for t in range(steps):  # h_t = f(W_xh x_t + W_hh h_{t-1} + b_h)
         h = f(x[:, t] @ cell.weight_ih.T + h @ cell.weight_hh.T + cell.bias_ih + cell.bias_hh)
-    out, _ = cell.scan(x, cell.init_state(4, x))
+    out, _ = cell.scan(x, cell.init_state(batch, x))
     assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
 
 
-def test_gru_matches_spec():
+@pytest.mark.parametrize("batch,steps,inp,hid", [(1, 1, 2, 3), (4, 9, 3, 5)])
+def test_gru_matches_spec(batch, steps, inp, hid):
     torch.manual_seed(2)
-    cell = GRU(3, 5)
-    x = torch.randn(4, 9, 3)
+    cell = GRU(inp, hid)
+    x = torch.randn(batch, steps, inp)
     (Wr, Wz, Wn), (Ur, Uz, Un) = cell.weight_ih.chunk(3), cell.weight_hh.chunk(3)
     (br, bz, bn), (cr, cz, cn) = cell.bias_ih.chunk(3), cell.bias_hh.chunk(3)
-    h = torch.zeros(4, 5)
-    for t in range(9):  # the fused-kernel convention: r applied after W_hn h + b_hn
+    h = torch.zeros(batch, hid)
+    for t in range(steps):  # the fused-kernel convention: r applied after W_hn h + b_hn
         xt = x[:, t]
         r = sigmoid(xt @ Wr.T + br + h @ Ur.T + cr)
         z = sigmoid(xt @ Wz.T + bz + h @ Uz.T + cz)
         n = torch.tanh(xt @ Wn.T + bn + r * (h @ Un.T + cn))
         h = (1 - z) * n + z * h
-    out, _ = cell.scan(x, cell.init_state(4, x))
+    out, _ = cell.scan(x, cell.init_state(batch, x))
     assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
 
 
@@ -128,3 +130,362 @@ def test_lstm_forget_bias_initialisation():
 def test_bad_cell_options_are_one_line_errors():
     with pytest.raises(ValueError, match="nonlinearity='sigmoid'.*tanh, relu"):
         RNN(3, 4, nonlinearity="sigmoid")
+
+
+# ------------------------------------------------------------------- the loop cells (issue 3)
+
+from torch.autograd import gradcheck  # noqa: E402
+
+from rnnlab.cells import CIFG, ESN, GRUClassic, IndRNN, LSTMVariant, Peephole, Transformer  # noqa: E402
+
+SHAPES = [(1, 1, 3, 4), (5, 7, 2, 6), (2, 15, 4, 3)]  # batch, steps, input, hidden: batch 1 and T = 1 included
+VARIANTS = ["vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"]
+
+
+def spec_gates(cell, names):
+    """The stacked parameters re-expressed as CELLS.md's one matrix per gate over [h, x]."""
+    H = cell.hidden_size
+    W = {n: torch.cat([wh, wx], 1).detach() for n, wh, wx in zip(names, cell.weight_hh.split(H), cell.weight_ih.split(H))}
+    b = dict(zip(names, cell.bias.detach().split(H)))
+    return W, b
+
+
+def reference_greff(x, h, c, s, cell, flags, output_reads="c_t"):
+    """Greff et al. 2017's LSTM with one variant's change, written from CELLS.md and the paper.
+    s: the previous step's sigmoid gate activations {name: (B, H)} (FGR), else None."""
+    one = torch.ones_like(h)
+    present = [g for g, off in (("i", "NIG"), ("f", "NFG"), ("o", "NOG")) if off not in flags and not (g == "f" and "CIFG" in flags)]
+    W, b = spec_gates(cell, present + ["g"])
+    p = dict(zip(present, cell.peephole.detach())) if "NP" not in flags else {}
+    hx = torch.cat([h, x], 1)
+    pre = {n: hx @ W[n].T + b[n] for n in W}
+    if "FGR" in flags:  # every sigmoid gate reads every sigmoid gate of the previous step
+        R = cell.weight_ss.detach()
+        prev = torch.cat([s[n] for n in present], 1)
+        for k, n in enumerate(present):
+            pre[n] = pre[n] + prev @ R[k * h.size(1) : (k + 1) * h.size(1)].T
+    i = one if "NIG" in flags else sigmoid(pre["i"] + p.get("i", 0) * c)
+    f = 1 - i if "CIFG" in flags else one if "NFG" in flags else sigmoid(pre["f"] + p.get("f", 0) * c)
+    g = pre["g"] if "NIAF" in flags else torch.tanh(pre["g"])
+    c_new = f * c + i * g
+    o = one if "NOG" in flags else sigmoid(pre["o"] + p.get("o", 0) * (c_new if output_reads == "c_t" else c))
+    h_new = o * (c_new if "NOAF" in flags else torch.tanh(c_new))
+    return h_new, c_new, {"i": i, "f": f, "o": o}
+
+
+def run_reference(step, x, *state):
+    outs = []
+    for t in range(x.size(1)):
+        h, *state = step(x[:, t], *state)
+        state = [h, *state]
+        outs.append(h)
+    return torch.stack(outs, 1), state
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
+def test_lstm_variants_match_greff(variant, batch, steps, inp, hid):
+    torch.manual_seed(steps * 10 + hid)
+    cell = LSTMVariant(inp, hid, variant=variant)
+    flags = {variant} - {"vanilla"}
+    x = torch.randn(batch, steps, inp)
+    zeros = torch.zeros(batch, hid)
+    step = lambda x_t, h, c, s: reference_greff(x_t, h, c, s, cell, flags)
+    ref, _ = run_reference(step, x, zeros, zeros, {"i": zeros, "f": zeros, "o": zeros})
+    out, _ = cell.scan(x, cell.init_state(batch, x))
+    assert torch.allclose(out, ref, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("output_reads", ["c_t", "c_prev"])
+@pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
+def test_peephole_and_cifg_match_spec(output_reads, batch, steps, inp, hid):
+    torch.manual_seed(steps + hid)
+    x = torch.randn(batch, steps, inp)
+    zeros = torch.zeros(batch, hid)
+    for cell, flags in [(Peephole(inp, hid, output_reads=output_reads), set()), (CIFG(inp, hid), {"CIFG", "NP"})]:
+        with torch.no_grad():  # non-zero peepholes, so reading c_t vs c_{t-1} matters
+            for p in cell.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        step = lambda x_t, h, c, s: reference_greff(x_t, h, c, s, cell, flags, output_reads)
+        ref, (h, c, _) = run_reference(step, x, zeros, zeros, None)
+        out, (h_last, c_last) = cell.scan(x, cell.init_state(batch, x))
+        assert torch.allclose(out, ref, atol=1e-10, rtol=0) and torch.allclose(c_last, c, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
+def test_gru_classic_matches_seed_002(batch, steps, inp, hid):
+    torch.manual_seed(batch + steps)
+    cell = GRUClassic(inp, hid)
+    W, b = spec_gates(cell, ["r", "z", "h"])
+    x = torch.randn(batch, steps, inp)
+    h = torch.zeros(batch, hid)
+    for t in range(steps):  # r = σ(W_r[h,x]+b_r), z likewise, h̃ = tanh(W_h[r⊙h, x]+b_h), h = (1-z)h + z h̃
+        r = sigmoid(torch.cat([h, x[:, t]], 1) @ W["r"].T + b["r"])
+        z = sigmoid(torch.cat([h, x[:, t]], 1) @ W["z"].T + b["z"])
+        cand = torch.tanh(torch.cat([r * h, x[:, t]], 1) @ W["h"].T + b["h"])
+        h = (1 - z) * h + z * cand
+    out, _ = cell.scan(x, cell.init_state(batch, x))
+    assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
+
+
+def test_gru_classic_is_not_gru():
+    torch.manual_seed(0)
+    a, b = GRUClassic(3, 4), GRU(3, 4)
+    with torch.no_grad():  # the same numbers in both layouts: r, z, candidate rows; b_hn = 0
+        b.weight_ih.copy_(a.weight_ih), b.weight_hh.copy_(a.weight_hh), b.bias_ih.copy_(a.bias), b.bias_hh.zero_()
+        b.bias_ih[:4].zero_()  # keep r's bias once
+        b.bias_hh[:4].copy_(a.bias[:4])
+    x = torch.randn(2, 6, 3)
+    assert not torch.allclose(a.scan(x, a.init_state(2, x))[0], b.scan(x, b.init_state(2, x))[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("u_max", [None, 1.2])
+@pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
+def test_indrnn_matches_spec(u_max, batch, steps, inp, hid):
+    torch.manual_seed(batch * steps)
+    cell = IndRNN(inp, hid, u_max=u_max)
+    x = torch.randn(batch, steps, inp)
+    h = torch.zeros(batch, hid)
+    u = cell.u.detach()
+    assert u.shape == (hid,)  # one recurrent weight per unit
+    for t in range(steps):
+        h = torch.relu(x[:, t] @ cell.weight_ih.T + u * h + cell.bias)
+    out, _ = cell.scan(x, cell.init_state(batch, x))
+    assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("leak", [1.0, 0.3])
+@pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
+def test_esn_matches_spec(leak, batch, steps, inp, hid):
+    torch.manual_seed(hid)
+    cell = ESN(inp, hid, leak=leak, density=1.0)
+    x = torch.randn(batch, steps, inp)
+    h = torch.zeros(batch, hid)
+    for t in range(steps):  # h_t = (1-a) h_{t-1} + a tanh(W_in x_t + W h_{t-1} + b)
+        h = (1 - leak) * h + leak * torch.tanh(x[:, t] @ cell.weight_ih.T + h @ cell.weight_hh.T + cell.bias)
+    out, _ = cell.scan(x, cell.init_state(batch, x))
+    assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
+
+
+def reference_attention_block(x, cache_len, cell):
+    """One pre-norm causal block written out per query: softmax(q.k/sqrt(d) - slope (t - j)) over j <= t."""
+    heads, H = cell.heads, cell.hidden_size
+    d = H // heads
+
+    def norm(z, ln):
+        mu, var = z.mean(-1, keepdim=True), z.var(-1, unbiased=False, keepdim=True)
+        return (z - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+    e = x @ cell.embed.weight.T + cell.embed.bias
+    qkv = norm(e, cell.norm1) @ cell.qkv.weight.T + cell.qkv.bias
+    q, k, v = qkv[..., :H], qkv[..., H : 2 * H], qkv[..., 2 * H :]
+    out = torch.zeros_like(e)
+    T = x.size(1)
+    for t in range(T):
+        for m in range(heads):
+            cols = slice(m * d, (m + 1) * d)
+            slope = 2.0 ** (-8.0 * (m + 1) / heads)
+            scores = torch.stack([(q[:, t, cols] * k[:, j, cols]).sum(-1) / d**0.5 - slope * (t - j) for j in range(t + 1)], 1)
+            w = torch.softmax(scores, 1)
+            out[:, t, cols] = (w[:, :, None] * v[:, : t + 1, cols]).sum(1)
+    y = e + out @ cell.proj.weight.T + cell.proj.bias
+    hidden = torch.nn.functional.gelu(norm(y, cell.norm2) @ cell.mlp[0].weight.T + cell.mlp[0].bias)
+    return y + hidden @ cell.mlp[2].weight.T + cell.mlp[2].bias
+
+
+@pytest.mark.parametrize("batch,steps,inp", [(1, 1, 3), (3, 6, 5)])
+def test_transformer_block_matches_written_out_attention(batch, steps, inp):
+    torch.manual_seed(steps)
+    cell = Transformer(inp, 8, heads=2)
+    x = torch.randn(batch, steps, inp)
+    out, _ = cell.scan(x, cell.init_state(batch, x))
+    with torch.no_grad():
+        assert torch.allclose(out, reference_attention_block(x, 0, cell), atol=1e-10, rtol=0)
+
+
+# --------------------------------------------------- the fast paths equal the step-by-step path
+
+LOOP_CELLS = [
+    ("peephole", {}), ("peephole", {"output_reads": "c_prev"}), ("cifg", {}), ("gru_classic", {}),
+    ("indrnn", {}), ("indrnn", {"u_max": 1.1}), ("esn", {"density": 0.5}), ("transformer", {"heads": 2, "mlp_ratio": 1}),
+    *[("lstm_variant", {"variant": v}) for v in VARIANTS],
+]
+EVERY_CELL = [("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}), *LOOP_CELLS]
+
+
+def perturbed_state(cell, batch, x):
+    state = cell.init_state(batch, x)
+    if isinstance(cell, Transformer):  # a cache of 3 past steps
+        return tuple(torch.randn(batch, 3, cell.hidden_size) for _ in state)
+    return tuple(s + 0.3 * torch.randn_like(s) for s in state)
+
+
+@pytest.mark.parametrize("name,options", LOOP_CELLS, ids=lambda v: str(v))
+def test_scan_equals_step_scan_on_outputs_and_every_gradient(name, options):
+    torch.manual_seed(5)
+    cell = CELLS[name](3, 4 if name != "transformer" else 6, **options)
+    x = torch.randn(3, 11, 3, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in perturbed_state(cell, 3, x))
+    results = []
+    for scan in (cell.scan, lambda x, s: step_scan(cell, x, s)):
+        out, last = scan(x, state)
+        loss = (out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum() + sum((s * s).sum() for s in last)
+        wrt = [x, *state, *[p for p in cell.parameters() if p.requires_grad]]
+        results.append([out, *last, *torch.autograd.grad(loss, wrt)])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
+def test_gradcheck_every_cell(name, options):
+    torch.manual_seed(6)
+    cell = CELLS[name](2, 3 if name != "transformer" else 4, **options)
+    x = torch.randn(2, 4, 2, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in perturbed_state(cell, 2, x))
+    params = [p for p in cell.parameters() if p.requires_grad]  # perturbed in place by gradcheck
+
+    def f(x, *inputs):
+        out, last = cell.scan(x, inputs[: len(state)])
+        return out, *last
+
+    assert gradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_fused_cells_equal_torch_nn_with_copied_weights(name):
+    torch.manual_seed(7)
+    cell = CELLS[name](3, 5)
+    reference = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[name](3, 5, batch_first=True)
+    reference.load_state_dict({k.removeprefix("fused."): v for k, v in cell.state_dict().items()})
+    x = torch.randn(2, 8, 3)
+    assert torch.allclose(step_scan(cell, x, cell.init_state(2, x))[0], reference(x)[0], atol=1e-10, rtol=0)
+    assert torch.allclose(cell.scan(x, cell.init_state(2, x))[0], reference(x)[0], atol=1e-10, rtol=0)
+
+
+# ------------------------------------------------------------------------- parameter counts
+
+
+def test_every_cell_has_the_spec_parameter_count():
+    i, h = 100, 50
+    assert count_parameters(GRUClassic(i, h)) == 3 * ((i + h) * h + h) == 22_650
+    assert count_parameters(Peephole(i, h)) == 4 * ((i + h) * h + h) + 3 * h
+    assert count_parameters(CIFG(i, h)) == 3 * ((i + h) * h + h)
+    assert count_parameters(IndRNN(i, h)) == count_parameters(IndRNN(i, h, u_max=2.0)) == i * h + 2 * h
+    assert count_parameters(ESN(i, h)) == 0  # the readout is the model's head
+    gate = (i + h) * h + h
+    derived = {  # Greff et al.: each variant removes (or adds) its part of the vanilla peephole LSTM
+        "vanilla": 4 * gate + 3 * h, "NIG": 3 * gate + 2 * h, "NFG": 3 * gate + 2 * h, "NOG": 3 * gate + 2 * h,
+        "NIAF": 4 * gate + 3 * h, "NOAF": 4 * gate + 3 * h, "NP": 4 * gate, "CIFG": 3 * gate + 2 * h,
+        "FGR": 4 * gate + 3 * h + 9 * h * h,
+    }
+    for variant, n in derived.items():
+        assert count_parameters(LSTMVariant(i, h, variant=variant)) == n, variant
+
+
+def test_indrnn_bound_holds_after_every_optimiser_step():
+    torch.manual_seed(11)
+    u_max = 2 ** (1 / 20)  # Li et al.: |u| <= 2^(1/T) keeps a T-step product of u bounded by 2
+    cell = IndRNN(2, 8, u_max=u_max)
+    opt = torch.optim.SGD(cell.parameters(), lr=10.0)  # steps large enough to cross the bound
+    x = torch.randn(4, 20, 2)
+    for _ in range(10):
+        opt.zero_grad()
+        (-cell.scan(x, cell.init_state(4, x))[0].sum()).backward()  # pushes u up
+        opt.step()
+        assert torch.all(cell.u.abs() <= u_max)
+    assert cell.u.max() > 0.99 * u_max  # it was pushed against the bound
+
+
+# ----------------------------------------------------------------------------- echo state
+
+
+def test_esn_reservoir_is_frozen_sparse_and_scaled():
+    torch.manual_seed(8)
+    cell = ESN(10, 300, spectral_radius=0.8, density=0.05)
+    assert not any(p.requires_grad for p in cell.parameters())
+    eigenvalues = torch.linalg.eigvals(cell.weight_hh.double())
+    assert abs(eigenvalues.abs().max().item() - 0.8) < 1e-6
+    assert abs((cell.weight_hh != 0).double().mean().item() - 0.05) < 0.005
+    x = torch.randn(2, 5, 10, requires_grad=True)
+    cell.scan(x, cell.init_state(2, x))[0].sum().backward()
+    assert all(b.grad is None for b in cell.buffers())
+
+
+def test_esn_echo_state_property_forgets_the_initial_state():
+    torch.manual_seed(9)
+    cell = ESN(2, 100, spectral_radius=0.9, leak=0.5)
+    x = torch.randn(1, 300, 2)
+    a, _ = cell.scan(x, (torch.randn(1, 100),))
+    b, _ = cell.scan(x, (torch.randn(1, 100),))
+    assert (a[:, 0] - b[:, 0]).norm() > 0.1
+    assert (a[:, -1] - b[:, -1]).norm() < 1e-6
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def test_default_initialisation_is_pytorchs():
+    for cell in (GRUClassic(5, 16), Peephole(5, 16), IndRNN(5, 16)):
+        bound = 1 / 16**0.5
+        for name, p in cell.named_parameters():
+            if name != "u" and not (isinstance(cell, Peephole) and name == "bias"):  # (forget bias 1)
+                assert p.abs().max() <= bound and p.abs().max() > 0.8 * bound, name
+
+
+@pytest.mark.parametrize("make", [RNN, LSTM, GRU, GRUClassic, Peephole, CIFG])
+def test_orthogonal_recurrent_init_makes_every_gate_block_orthogonal(make):
+    cell = make(3, 8, recurrent_init="orthogonal")
+    assert not torch.allclose(make(3, 8).weight_hh[:8] @ make(3, 8).weight_hh[:8].T, torch.eye(8), atol=0.1)
+    for block in cell.weight_hh.detach().split(8):
+        assert torch.allclose(block @ block.T, torch.eye(8), atol=1e-6)
+
+
+def test_identity_init_with_relu_is_the_irnn():
+    cell = RNN(3, 6, nonlinearity="relu", recurrent_init="identity")
+    assert torch.equal(cell.weight_hh, torch.eye(6)) and torch.count_nonzero(cell.bias_ih) == 0
+    h = torch.rand(2, 6)  # no input, non-negative state: carried over unchanged (Le et al. 2015)
+    assert torch.allclose(cell(torch.zeros(2, 3), (h,))[0], h)
+
+
+@pytest.mark.parametrize("make", [LSTM, Peephole, CIFG, LSTMVariant])
+def test_forget_gate_bias_is_one_by_default(make):
+    cell = make(3, 4)
+    if isinstance(cell, LSTM):
+        f_bias = cell.bias_ih[4:8]
+    elif isinstance(cell, CIFG):
+        f_bias = -cell.bias[:4]  # f = 1 - σ(a_i) = σ(-a_i)
+    else:
+        f_bias = cell.bias[4:8]  # i, f, o, g
+    assert torch.equal(f_bias, torch.ones(4))
+
+
+@pytest.mark.parametrize("make", [LSTM, Peephole, LSTMVariant])
+def test_chrono_init_spreads_forget_biases_and_negates_the_input_bias(make):
+    torch.manual_seed(10)
+    cell = make(3, 200, chrono=50)
+    b = cell.bias_ih if isinstance(cell, LSTM) else cell.bias
+    b_i, b_f = b[:200], b[200:400]  # both layouts start i, f
+    assert torch.all(b_f >= 0) and torch.all(b_f <= torch.log(torch.tensor(49.0)))
+    assert b_f.std() > 0.5 and torch.equal(b_i, -b_f)  # Tallec & Ollivier 2018: b_f = log U(1, T-1), b_i = -b_f
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: LSTMVariant(3, 4, variant="XYZ"), "cell.variant='XYZ' is not allowed (allowed: vanilla, NIG"),
+        (lambda: ESN(3, 4, spectral_radius=0.0), "cell.spectral_radius=0.0 is out of range (allowed: > 0"),
+        (lambda: ESN(3, 4, density=1.5), "cell.density=1.5 is out of range"),
+        (lambda: IndRNN(3, 4, u_max=0.0), "cell.u_max=0.0 must be > 0"),
+        (lambda: IndRNN(3, 4, u_max=-1.0), "cell.u_max=-1.0 must be > 0"),
+        (lambda: Peephole(3, 4, output_reads="c"), "cell.output_reads='c' is not allowed"),
+        (lambda: LSTM(3, 4, chrono=1), "cell.chrono=1"),
+        (lambda: Transformer(3, 6, heads=4), "cell.heads=4: must divide hidden_size=6"),
+    ],
+)
+def test_bad_options_raise_one_line_value_errors(make, message):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert message in str(info.value) and "\n" not in str(info.value)

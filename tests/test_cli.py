@@ -53,9 +53,10 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir)
     [
         (["depth=0"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
         (["train.optimizer=adagrad"], "rnnlab: error: train.optimizer='adagrad' is not allowed (allowed: adam, sgd)"),
-        (["foo=1"], "rnnlab: error: unknown key 'foo' (allowed: cell, data, train, tracking, depth, hidden_size, dropout, truncation, seed, device, allocator, quiet, resume)"),
-        (["cell=transformerz"], "rnnlab: error: cell=transformerz is not an option of group 'cell' (allowed: gru, lstm, rnn)"),
-        (["cell.nonlinearity=relu"], "rnnlab: error: cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias)"),
+        (["foo=1"], "rnnlab: error: unknown key 'foo' (allowed: cell, data, train, tracking, depth, hidden_size, dropout, bidirectional, truncation, seed, device, allocator, quiet, resume, probe)"),
+        (["cell=transformerz"], "rnnlab: error: cell=transformerz is not an option of group 'cell' (allowed: cifg, esn, gru, gru_classic, indrnn, lstm, lstm_variant, peephole, rnn, transformer)"),
+        (["cell.nonlinearity=relu"], "rnnlab: error: cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias, chrono, recurrent_init)"),
+        (["cell=esn", "cell.spectral_radius=0"], "rnnlab: error: cell.spectral_radius=0.0 is out of range (allowed: > 0 (< 1 for the echo-state property))"),
         (["-m", "depth=1,0"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
         (["data=csv", "data.path=missing.csv", "data.target=x"], "rnnlab: error: data.path='missing.csv': no such file"),
     ],
@@ -73,7 +74,7 @@ def test_help_lists_groups_and_options_without_importing_torch(workdir):
         "print('heavy:', sorted(m for m in ('torch', 'mlflow', 'hydra', 'numba', 'optuna') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, check=True).stdout
-    assert "cell:     gru, lstm*, rnn" in out and "train:    default*" in out
+    assert "cell:     cifg, esn, gru, gru_classic, indrnn, lstm*, lstm_variant, peephole, rnn, transformer" in out and "train:    default*" in out
     assert "depth: 4" in out and "heavy: []" in out
 
 

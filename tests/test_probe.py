@@ -118,6 +118,7 @@ def test_a_tanh_rnn_vanishes_below_radius_one_and_explodes_above(radius, grows):
         q, _ = torch.linalg.qr(torch.randn(32, 32))
         cell.weight_hh.copy_(radius * q)
         cell.weight_ih.mul_(0.01)
+        cell.bias_ih.zero_()
     record = probed(model, 1e-4 * torch.randn(8, 24, 2), torch.randn(8, 1))
     assert spectra(model)[0][0] == pytest.approx(radius, rel=1e-9)
     norms = record.dh[0, 0]  # t = 0 .. 23, the loss at t = 23

@@ -1,0 +1,114 @@
+"""Every cell's training step against torch.nn.LSTM, in one process.
+
+    python experiments/benchmarks/cells.py [--rounds 5] [--steps 5] [--lengths 50 200] [--threads N]
+                                           [--only NAME ...] [--device cpu|cuda]
+
+One step = forward + backward + Adam of a depth-4, hidden-64, batch-64 model on 8 features,
+MSE on a many-to-one head. Variants are interleaved round by round (the machine's speed
+drifts), each round times ``--steps`` steps after one warm-up step; the table shows the median
+over rounds, the ratio to torch.nn.LSTM at the same length, and step(T=200)/step(T=50)
+(4 would be linear in T; much more means a quadratic backward).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rnnlab import runtime
+from rnnlab.cells import CELLS
+from rnnlab.model import StackedRNN
+
+DEPTH, HIDDEN, BATCH, FEATURES = 4, 64, 64, 8
+
+
+class TorchLSTM(nn.Module):
+    """The baseline: torch.nn.LSTM (MKL-DNN/oneDNN on CPU, cuDNN on a GPU) plus the same head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(FEATURES, HIDDEN, DEPTH, batch_first=True)
+        self.head = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.head(self.rnn(x)[0][:, -1]), None
+
+
+def variants() -> dict[str, Callable[[], nn.Module]]:
+    out: dict[str, Callable[[], nn.Module]] = {"torch.nn.LSTM": TorchLSTM}
+    for name in CELLS:
+        if name != "lstm_variant":
+            out[name] = lambda name=name: StackedRNN(name, FEATURES, HIDDEN, DEPTH)
+    for name in ("lstm", "peephole", "gru_classic", "indrnn"):  # the eager loop over forward, for comparison
+        out[f"{name} (step path)"] = lambda name=name: _StepPath(StackedRNN(name, FEATURES, HIDDEN, DEPTH))
+    for v in ("vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"):
+        out[f"lstm_variant={v}"] = lambda v=v: StackedRNN("lstm_variant", FEATURES, HIDDEN, DEPTH, variant=v)
+    return out
+
+
+class _StepPath(nn.Module):
+    def __init__(self, model: StackedRNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.model(x, step_path=True)[0], None
+
+
+def time_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Median seconds per training step over ``steps`` steps (after one warm-up step)."""
+    times = []
+    for k in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(model(x)[0], y)
+        loss.backward()
+        opt.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()  # the step is queued, not done, until here
+        if k:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--only", nargs="*", help="variant names to time (default: all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runtime.tune_allocator()  # the allocator setting rnnlab runs with
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    chosen = {k: v for k, v in variants().items() if not args.only or k in args.only or k == "torch.nn.LSTM"}
+    models = {name: make().to(device) for name, make in chosen.items()}
+    opts = {name: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3) for name, m in models.items()}
+    data = {T: (torch.randn(BATCH, T, FEATURES, device=device), torch.randn(BATCH, 1, device=device)) for T in args.lengths}
+    results: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.rounds):
+        for T in args.lengths:
+            for name, model in models.items():
+                results.setdefault((name, T), []).append(time_steps(model, opts[name], *data[T], args.steps))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    med = {key: statistics.median(v) for key, v in results.items()}
+    cols = " | ".join(f"T={T} ms | ×nn.LSTM" for T in args.lengths)
+    print(f"\n| cell | {cols} | T={args.lengths[-1]}/T={args.lengths[0]} |")
+    print("|---|" + "---|---|" * len(args.lengths) + "---|")
+    for name in models:
+        row = " | ".join(f"{1e3 * med[name, T]:.1f} | {med[name, T] / med['torch.nn.LSTM', T]:.2f}" for T in args.lengths)
+        growth = med[name, args.lengths[-1]] / med[name, args.lengths[0]]
+        print(f"| {name} | {row} | {growth:.2f} |")
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+
+
+if __name__ == "__main__":
+    main()

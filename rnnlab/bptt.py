@@ -1,0 +1,235 @@
+"""Hand-written backpropagation through time for the loop cells: one autograd function per layer.
+
+Why: an eager step loop records ~15 small ops per step, and autograd's backward replays each
+with its own bookkeeping; for B=64, H=64 that overhead, not arithmetic, is the cost. Here the
+forward loop runs without autograd and keeps only what the backward needs (the gate
+activations, every h_t and c_t) in preallocated (T, B, ·) buffers. The backward loop computes
+the pre-activation gradients of each step into one (T, B, G*H) buffer, so the weight gradients
+are one matmul each after the loop, and the input gradient *is* that buffer (the input
+projection x W_ih^T + b is done outside, by autograd, for all steps at once).
+
+    forward:   xp (T, B, G*H) ──► for t: a = xp[t] + h W_hh^T; gates; c; h ──► hs (T, B, H)
+    backward:  for t = T-1 … 0: dh, dc ──► da[t] (pre-activations) ──► dh_{t-1} = da[t] W_hh
+               dW_hh = Σ_t da[t]^T h_{t-1}  (one matmul),  dxp = da
+
+Every function here is tested against the cell's step-by-step ``forward`` (outputs and all
+gradients, float64) and with torch.autograd.gradcheck (tests/test_cells.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.size(-1))  # (T, B, K) -> (T*B, K)
+
+
+def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+class GatedLSTM(torch.autograd.Function):
+    """The LSTM family of cells._GatedLSTM: gates stacked [sigmoid gates in order i, f, o | g].
+
+    cfg = (flags, sigmoid gate names, n_early): the early sigmoid gates read c_{t-1} through
+    their peepholes and come first; the late one (o, by default) reads c_t.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, xp: Tensor, h0: Tensor, c0: Tensor, s0: Tensor | None, w_hh: Tensor,
+        peep: Tensor | None, w_ss: Tensor | None, cfg: tuple,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        flags, names, E = cfg
+        T, B, _ = xp.shape
+        H, S = h0.size(1), len(names)
+        hs = xp.new_empty(T + 1, B, H)
+        cs = xp.new_empty(T + 1, B, H)
+        hs[0], cs[0] = h0, c0
+        sig = xp.new_empty(T, B, S * H)  # sigmoid gate activations
+        gs = xp.new_empty(T, B, H)  # g after its activation
+        outs = cs[1:] if "NOAF" in flags else xp.new_empty(T, B, H)  # tanh(c_t), or c_t (NOAF)
+        # Every per-step view made once, up front (unbind: one call for all t), so the loop
+        # holds only the arithmetic. act[name][t] is gate `name` at step t, (B, H).
+        act = {n: v.unbind(0) for n, v in zip(names, sig.split(H, 2))}
+        early, late = sig[:, :, : E * H].unbind(0), sig[:, :, E * H :].unbind(0)
+        h_at, c_at, g_at, out_at = hs.unbind(0), cs.unbind(0), gs.unbind(0), outs.unbind(0)
+        w_hh_t = w_hh.t()
+        p_early = None if peep is None else peep[:E]
+        p_late = None if peep is None or E == S else peep[E]
+        s = s0
+        for t, x_t in enumerate(xp.unbind(0)):
+            a = torch.addmm(x_t, h_at[t], w_hh_t)  # (B, G*H)
+            if w_ss is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
+                a[:, : S * H].addmm_(s, w_ss.t())
+            a_early, a_late, a_g = a.split([E * H, (S - E) * H, H], 1)
+            c_prev, c = c_at[t], c_at[t + 1]
+            if E:
+                if p_early is not None:
+                    a_early.view(B, E, H).addcmul_(p_early, c_prev.unsqueeze(1))
+                torch.sigmoid(a_early, out=early[t])
+            if "NIAF" in flags:
+                g_at[t].copy_(a_g)
+            else:
+                torch.tanh(a_g, out=g_at[t])
+            i = act["i"][t] if "i" in act else None
+            f = 1 - i if "CIFG" in flags else act["f"][t] if "f" in act else None
+            if f is None:
+                c.copy_(c_prev)
+            else:
+                torch.mul(f, c_prev, out=c)
+            if i is None:
+                c.add_(g_at[t])
+            else:
+                c.addcmul_(i, g_at[t])
+            if E < S:  # the output gate peeks at the new c_t
+                if p_late is not None:
+                    a_late.addcmul_(p_late, c)
+                torch.sigmoid(a_late, out=late[t])
+            if "NOAF" not in flags:
+                torch.tanh(c, out=out_at[t])
+            if "o" in act:
+                torch.mul(act["o"][t], out_at[t], out=h_at[t + 1])
+            else:
+                h_at[t + 1].copy_(out_at[t])
+            s = sig[t]
+        ctx.cfg = cfg
+        ctx.saved = (hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss)
+        return hs[1:], cs[T], sig[T - 1]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor | None, d_c: Tensor | None, d_s: Tensor | None) -> tuple:
+        flags, names, E = ctx.cfg
+        hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss = ctx.saved
+        T, B, H = outs.shape
+        S = len(names)
+        # Every step's local derivatives, for all t at once, outside the loop. Each
+        # pre-activation gradient is then one product: by dh (o) or by dc (i, f, g).
+        act = dict(zip(names, sig.split(H, 2)))  # (T, B, H) each
+        sd = sig * (1 - sig)  # σ' of every sigmoid gate
+        sd_of = dict(zip(names, sd.split(H, 2)))
+        i, o, c_prev = act.get("i"), act.get("o"), cs[:-1]
+        f = 1 - i if "CIFG" in flags else act.get("f")
+        out_d = torch.ones_like(outs) if "NOAF" in flags else 1 - outs * outs  # d out(c) / dc
+        g_d = torch.ones_like(gs) if "NIAF" in flags else 1 - gs * gs
+        k_c = out_d if o is None else o * out_d  # dc += dh * k_c         (h = o * out(c))
+        a_o = None if o is None else outs * sd_of["o"]  # da_o = dh * a_o
+        a_g = g_d if i is None else i * g_d  # da_g = dc * a_g         (c = f c_prev + i g)
+        a_if = []  # da_i, da_f = dc * a_if
+        if i is not None:
+            a_if.append((gs - c_prev if "CIFG" in flags else gs) * sd_of["i"])  # CIFG: f = 1 - i
+        if "f" in act:
+            a_if.append(c_prev * sd_of["f"])
+        n_if = len(a_if)
+        a_if = torch.stack(a_if, 2) if a_if else None  # (T, B, n_if, H)
+
+        da = hs.new_empty(T, B, w_hh.size(0))  # pre-activation gradients, every step
+        dh_next = torch.zeros_like(hs[0])
+        dc = _zeros_if_none(d_c, cs[0])
+        ds_next = _zeros_if_none(d_s, sig[0]) if w_ss is not None else None
+        for t in reversed(range(T)):
+            dh = d_hs[t] + dh_next
+            dc = torch.addcmul(dc, dh, k_c[t])
+            extra = None if ds_next is None else ds_next * sd[t]  # FGR: from the next step's gates
+            if o is not None:
+                da_o = da[t, :, n_if * H : S * H]
+                torch.mul(dh, a_o[t], out=da_o)
+                if extra is not None:
+                    da_o += extra[:, n_if * H :]
+                if E < S and peep is not None:  # o peeked at c_t
+                    dc.addcmul_(da_o, peep[E])
+            if n_if:
+                da_if = da[t, :, : n_if * H]
+                torch.mul(dc.unsqueeze(1), a_if[t], out=da_if.view(B, n_if, H))
+                if extra is not None:
+                    da_if += extra[:, : n_if * H]
+            torch.mul(dc, a_g[t], out=da[t, :, S * H :])
+            dc = dc if f is None else dc * f[t]  # now the gradient of c_{t-1}
+            if E and peep is not None:  # the early gates peeked at c_{t-1}
+                dc = dc + (da[t, :, : E * H].view(B, E, H) * peep[:E]).sum(1)
+            dh_next = da[t] @ w_hh
+            if w_ss is not None:
+                ds_next = da[t, :, : S * H] @ w_ss
+        d_w_hh = _flat(da).t() @ _flat(hs[:-1])
+        d_peep = d_w_ss = None
+        if peep is not None:
+            early = (da[:, :, : E * H].reshape(T, B, E, H) * cs[:-1].unsqueeze(2)).sum((0, 1))
+            late = (da[:, :, E * H : S * H].reshape(T, B, S - E, H) * cs[1:].unsqueeze(2)).sum((0, 1))
+            d_peep = torch.cat([early, late])
+        if w_ss is not None:
+            s_prev = torch.cat([s0.unsqueeze(0), sig[:-1]])
+            d_w_ss = _flat(da[:, :, : S * H]).t() @ _flat(s_prev)
+        return da, dh_next, dc, ds_next, d_w_hh, d_peep, d_w_ss, None
+
+
+class GRUClassic(torch.autograd.Function):
+    """Seed 002's GRU: gates stacked [r | z | h̃]; the reset acts before the recurrent product."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor) -> Tensor:
+        T, B, _ = xp.shape
+        H = h0.size(1)
+        w_rz, w_h = w_hh[: 2 * H].t(), w_hh[2 * H :].t()
+        hs = xp.new_empty(T + 1, B, H)
+        hs[0] = h0
+        rz, rh, cand = xp.new_empty(T, B, 2 * H), xp.new_empty(T, B, H), xp.new_empty(T, B, H)
+        for t in range(T):
+            x_rz, x_h = xp[t].split([2 * H, H], 1)
+            torch.sigmoid(torch.addmm(x_rz, hs[t], w_rz), out=rz[t])
+            r, z = rz[t].split(H, 1)
+            torch.mul(r, hs[t], out=rh[t])
+            torch.tanh(torch.addmm(x_h, rh[t], w_h), out=cand[t])
+            torch.lerp(hs[t], cand[t], z, out=hs[t + 1])  # (1 - z) h + z h̃
+        ctx.saved = (hs, rz, rh, cand, w_hh)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        hs, rz, rh, cand, w_hh = ctx.saved
+        T, B, H = cand.shape
+        w_rz, w_h = w_hh[: 2 * H], w_hh[2 * H :]
+        da = hs.new_empty(T, B, 3 * H)
+        dh_next = torch.zeros_like(hs[0])
+        for t in reversed(range(T)):
+            dh = d_hs[t] + dh_next
+            r, z = rz[t].split(H, 1)
+            n, h_prev = cand[t], hs[t]
+            d_r, d_z, d_n = da[t].split(H, 1)
+            dn = dh * z
+            torch.mul(dn, 1 - n * n, out=d_n)
+            d_rh = d_n @ w_h  # gradient of r ⊙ h_{t-1}
+            torch.mul(d_rh * h_prev, r * (1 - r), out=d_r)
+            torch.mul(dh * (n - h_prev), z * (1 - z), out=d_z)
+            dh_next = dh - dn + d_rh * r + da[t, :, : 2 * H] @ w_rz
+        d_w_hh = torch.cat([
+            _flat(da[:, :, : 2 * H]).t() @ _flat(hs[:-1]),
+            _flat(da[:, :, 2 * H :]).t() @ _flat(rh),
+        ])
+        return da, dh_next, d_w_hh
+
+
+class IndRNN(torch.autograd.Function):
+    """h_t = relu(xp_t + u ⊙ h_{t-1}): element-wise, so the step costs two ops either way."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, u: Tensor) -> Tensor:
+        T, B, H = xp.shape
+        hs = xp.new_empty(T + 1, B, H)
+        hs[0] = h0
+        for t in range(T):
+            torch.addcmul(xp[t], u, hs[t], out=hs[t + 1]).relu_()
+        ctx.saved = (hs, u)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        hs, u = ctx.saved
+        da = torch.empty_like(hs[1:])
+        dh_next = torch.zeros_like(hs[0])
+        for t in reversed(range(da.size(0))):
+            torch.mul(d_hs[t] + dh_next, hs[t + 1] > 0, out=da[t])  # relu' = 1 where h_t > 0
+            dh_next = da[t] * u
+        return da, dh_next, (da * hs[:-1]).sum((0, 1))
