@@ -43,7 +43,19 @@ def main() -> None:
         preflight(argv)
     import hydra  # here, not at the top: --help answers without importing Hydra
 
+    if "-m" in argv or "--multirun" in argv:
+        _register_sweeper()
     hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_hydra_job)()
+
+
+def _register_sweeper() -> None:
+    """Hydra finds plugins by listing the hydra_plugins namespace, which an editable install
+    (pip install -e, PEP 660) hides from it. Importing the sweeper by name works everywhere."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
 
 
 def help_text() -> str:
@@ -191,9 +203,11 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
     from rnnlab.data import DATASETS, DataError, make_windows
     from rnnlab.model import StackedRNN, count_parameters
     from rnnlab.tracking import NullTracker, Tracker, TrackingError, plot_predictions, ui_command
+    from rnnlab.sweep import job_trial
     from rnnlab.train import evaluate, predict, train
 
     started = time.perf_counter()
+    trial = job_trial(config.trial)  # in a sweep: reports val_loss each epoch, may prune
     d = config.data
     run_name = config.tracking.run_name or f"{config.cell.name}-d{config.depth}-h{config.hidden_size}-k{config.truncation}"
     # Everything that can reject the input happens before the tracker writes anything.
@@ -216,6 +230,7 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
         commit = _git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
+        tags.update(trial.tags)
         try:  # fails fast on a store that cannot work; opening it overlaps the training
             tracker: Any = Tracker(config.tracking.uri, config.tracking.experiment, run_name, tags)
             tracker.log_params(params)
@@ -236,7 +251,7 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
     try:
         result = train(
             model, data, config.train, truncation=config.truncation, seed=config.seed,
-            device=device, log=tracker.log_metrics, progress=progress,
+            device=device, log=tracker.log_metrics, progress=progress, on_epoch_end=trial.on_epoch_end,
         )
         test_mse = evaluate(model, data, "test", config.train.eval_batch_size, device)
         truth = data.targets("test")
@@ -266,6 +281,9 @@ def run(config: Any, output_dir: Path, command: str) -> dict[str, float]:
         for name in ("config.yaml", "model.pt", "predictions.png"):
             tracker.log_artifact(output_dir / name)
         status = "FINISHED"
+    except trial.pruned:  # stopped early by the sweep's pruner: not a failure
+        status = "KILLED"
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
