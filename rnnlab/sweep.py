@@ -97,7 +97,10 @@ def open_storage(url: str | None, *, repair: bool = False) -> Any:
             if "already exists" not in str(e):
                 break
             time.sleep(0.5 * (attempt + 1))
-    raise SweepError(f"storage={_hide_password(url)!r} cannot be used: {_one_line(last)}") from None
+    why = _one_line(last).split(" (Background on this error")[0]
+    if isinstance(last, ImportError):
+        why += " (pip install 'rnnlab[postgres]' or 'rnnlab[mysql]')"
+    raise SweepError(f"storage={_hide_password(url)!r} cannot be used: {why}") from None
 
 
 def repair_journal(path: Path) -> int:
@@ -216,14 +219,16 @@ def fail_trial(study: optuna.Study, trial_id: int, reason: str, retry: bool = Fa
 
     storage = study._storage
     try:
+        frozen = storage.get_trial(trial_id)
+        retry = retry and RETRY_OF not in frozen.user_attrs
         storage.set_trial_user_attr(trial_id, FAIL_REASON, reason[:500])
+        if retry:  # before the state: a finished trial's attributes are frozen
+            storage.set_trial_system_attr(trial_id, RETRIED, True)
         if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    frozen = storage.get_trial(trial_id)
-    if retry and RETRY_OF not in frozen.user_attrs:
-        storage.set_trial_system_attr(trial_id, RETRIED, True)
+    if retry:
         study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: frozen.number}, skip_if_exists=False)
     return True
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -191,7 +192,7 @@ class OptunaSweeper(Sweeper):
         try:
             overrides = parser.parse_overrides(lines)
         except Exception as e:
-            fail(_one_line(e))
+            fail(_one_line(e).split(" See https://")[0])
         fixed, space = [], {}
         for o in overrides:
             try:
@@ -223,9 +224,10 @@ class OptunaSweeper(Sweeper):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         except Exception as e:
             text = _one_line(e)
-            for key in point:
-                if f"'{key}'" in text or f"'{key.split('.')[0]}'" in text or key in text:
-                    fail(f"{key}: not a key of the config, or a bad value ({text})")
+            unknown = re.search(r"Could not override '([^']+)'", text)
+            if unknown:
+                where = f" when {probe[0]}={probe[1]}" if probe and probe[0] != unknown.group(1) else ""
+                fail(f"{unknown.group(1)} is not a key of the config{where} (see python -m rnnlab --cfg job)")
             fail(text)
         try:
             check_job({k: _plain(cfg[k]) for k in cfg if k != "hydra"})  # hydra.*: unresolvable before a job
@@ -364,7 +366,7 @@ class OptunaSweeper(Sweeper):
             if run_id:
                 tracking.reopen_run(uri, run_id)
                 return run_id
-            run_id = tracking.start_sweep_run(uri, experiment, f"sweep-{study.study_name}", {
+            run_id = tracking.start_sweep_run(uri, experiment, study.study_name, {
                 "rnnlab.study": study.study_name, "rnnlab.sweep_dir": str(sweep_dir),
                 "rnnlab.command": " ".join(["python -m rnnlab", *sys.argv[1:]]),
             })
