@@ -43,8 +43,7 @@ def main() -> None:
         preflight(argv)
     import hydra  # here, not at the top: --help answers without importing Hydra
 
-    if "-m" in argv or "--multirun" in argv:
-        _register_sweeper()
+    _register_sweeper()
     hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_hydra_job)()
 
 
@@ -73,7 +72,7 @@ def help_text() -> str:
     header = main_cfg["hydra"]["help"]["header"]
     footer = main_cfg["hydra"]["help"]["footer"]
     groups, sections = [], []
-    for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and not p.name.startswith("_")):
+    for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name[0] != "_" and p.name != "hydra"):
         options = sorted(f.name[:-5] for f in (conf / group).iterdir() if f.name.endswith(".yaml"))
         marked = [f"{o}*" if o == defaults.get(group) else o for o in options]
         groups.append(f"{group + ':':<10}{', '.join(marked)}")
