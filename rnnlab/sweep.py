@@ -436,11 +436,13 @@ def summarize(study: optuna.Study, objectives: Sequence[str], out_dir: Path, imp
         result["files"].append(table)
     (out_dir / "optimization_results.yaml").write_text(_yaml({k: v for k, v in result.items() if k != "files"}))
     result["files"].insert(0, out_dir / "optimization_results.yaml")
-    result["files"] += _figures(study, objectives, out_dir, bool(rows))
+    result["files"] += _figures(study, objectives, out_dir, rows)
     return result
 
 
-def _figures(study: optuna.Study, objectives: Sequence[str], out_dir: Path, importance: bool) -> list[Path]:
+def _figures(study: optuna.Study, objectives: Sequence[str], out_dir: Path, rows: list[tuple[str, str, float]]) -> list[Path]:
+    """Optimisation history (Optuna's plot) and importance bars per objective. The bars are
+    drawn from the importances already computed: Optuna's own plot would refit fANOVA."""
     import warnings
 
     import matplotlib
@@ -450,20 +452,26 @@ def _figures(study: optuna.Study, objectives: Sequence[str], out_dir: Path, impo
     from optuna.visualization import matplotlib as vis
 
     paths = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "experimental" warnings
-        for i, name in enumerate(objectives):
-            target = (lambda t, i=i: t.values[i]) if len(objectives) > 1 else None
-            plots = [("history", vis.plot_optimization_history)]
-            if importance:
-                plots.append(("importance", lambda s, **kw: vis.plot_param_importances(
-                    s, evaluator=__import__("optuna").importance.FanovaImportanceEvaluator(seed=0), **kw)))
-            for kind, plot in plots:
-                ax = plot(study, target=target, target_name=name) if target else plot(study, target_name=name)
-                path = out_dir / f"{kind}_{name}.png"
-                ax.figure.savefig(path, dpi=100, bbox_inches="tight")
-                plt.close(ax.figure)
-                paths.append(path)
+    for i, name in enumerate(objectives):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" warnings
+            if len(objectives) > 1:
+                ax = vis.plot_optimization_history(study, target=lambda t, i=i: t.values[i], target_name=name)
+            else:
+                ax = vis.plot_optimization_history(study, target_name=name)
+        paths.append(out_dir / f"history_{name}.png")
+        ax.figure.savefig(paths[-1], dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+        mine = sorted((value, param) for objective, param, value in rows if objective == name)
+        if not mine:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(mine)), layout="constrained")
+        ax.barh([p for _, p in mine], [v for v, _ in mine], color="tab:blue")
+        ax.set_xlabel(f"fANOVA importance for {name}")
+        ax.set_title(f"{study.study_name}: hyperparameter importance")
+        paths.append(out_dir / f"importance_{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     return paths
 
 

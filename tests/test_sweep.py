@@ -142,6 +142,47 @@ def test_non_finite_objectives_and_exceptions_are_fail_with_a_reason_pruned_is_p
     assert study.best_value == 0.5  # +inf was never stored as a result
 
 
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_the_job_reports_every_epoch_and_is_pruned_by_the_configured_pruner(tmp_path, pruner):
+    from types import SimpleNamespace
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import PRUNERS
+
+    spec = {**PRUNERS[pruner], **({"n_startup_trials": 1} if pruner == "median" else {"max_resource": 4})}
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    study = sweep.load_or_create_study(storage, "s", ["minimize"], {})
+    beat = sweep.Heartbeat(study, interval=60, grace=60)
+    pruned_at = []
+    for curve in ([1.0, 0.5, 0.25, 0.1],) + ([9.0, 9.0, 9.0, 9.0],) * 6:  # one good run, then bad ones
+        trial = sweep.claim(study, {}, beat)
+        job = sweep.job_trial(SimpleNamespace(storage=str(tmp_path / "j"), study="s", number=trial.number,
+                                              parent_run=None, threads=0, pruner=spec))
+        assert job.tags == {"rnnlab.study": "s", "rnnlab.trial": str(trial.number)}
+        try:
+            for epoch, loss in enumerate(curve, 1):
+                job.on_epoch_end(epoch, loss)
+            outcome = {"val_loss": min(curve)}
+        except job.pruned as e:
+            outcome = e
+            pruned_at.append(epoch)
+        sweep.record(study, trial, outcome, ["val_loss"])
+    beat.close()
+    assert study.trials[0].intermediate_values == {1: 1.0, 2: 0.5, 3: 0.25, 4: 0.1}
+    assert pruned_at and all(e < 4 for e in pruned_at)  # bad runs stopped before their last epoch
+    assert {t.state for t in study.trials[1:]} >= {TrialState.PRUNED}
+
+
+def test_a_multi_objective_summary_has_the_pareto_front_importances_and_figures(tmp_path):
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("lr", 1e-4, 1e-1, log=True), t.suggest_int("h", 8, 64)), n_trials=12)
+    result = sweep.summarize(study, ["val_loss", "n_params"], tmp_path)
+    assert result["best_trials"] and {"val_loss/lr", "n_params/h"} <= set(result["importance"])
+    assert result["importance"]["n_params/h"] > 0.9  # n_params is h here: fANOVA must see it
+    names = {p.name for p in result["files"]}
+    assert {"optimization_results.yaml", "importance.csv", "history_val_loss.png", "history_n_params.png",
+            "importance_val_loss.png", "importance_n_params.png"} <= names
+
+
 def test_resuming_with_another_search_space_is_refused_before_writing(tmp_path):
     storage = sweep.open_storage(str(tmp_path / "j"))
     sweep.load_or_create_study(storage, "s", ["minimize"], {"x": "a"})
@@ -213,17 +254,17 @@ def test_too_many_failures_stop_the_sweep_with_one_line(workdir):
 
 def _two_workers(workdir: Path, extra: list[str], url: str | None) -> optuna.Study:
     name = f"two-{uuid.uuid4().hex[:8]}"
-    args = [*SWEEP, "hydra.sweeper.n_trials=6", f"hydra.sweeper.study_name={name}",
+    args = [*SWEEP, "hydra.sweeper.n_trials=4", f"hydra.sweeper.study_name={name}",
             "train.lr=tag(log,interval(1e-4,1e-2))", *extra]
     workers = [start(args, workdir) for _ in range(2)]
     for w in workers:
         _, err = w.communicate(timeout=240)
-        assert w.returncode == 0, err[-3000:]
+        assert w.returncode == 0 and "Traceback" not in err and "warning" not in err, err[-3000:]
     study = load(workdir, name, url)
     assert_no_duplicates(study)
     # The count is checked before each ask, RUNNING trials included: only two asks racing
     # between one worker's count and the other's ask can overshoot, by at most workers - 1.
-    assert 6 <= len(study.trials) <= 7
+    assert 4 <= len(study.trials) <= 5
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     return study
 
@@ -231,6 +272,21 @@ def _two_workers(workdir: Path, extra: list[str], url: str | None) -> optuna.Stu
 @pytest.mark.slow
 def test_two_workers_share_one_study_in_the_default_journal_file(workdir):
     _two_workers(workdir, [], None)
+
+
+@pytest.mark.slow
+def test_parallel_trials_report_to_the_study_and_get_their_share_of_the_cores(workdir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install 'rnnlab[parallel]'")
+    args = [*SWEEP, "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.threads_per_trial=0", "train.lr=tag(log,interval(1e-4,1e-2))"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(workdir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 2 for t in study.trials)  # reported from the worker processes
+    cores = len(os.sched_getaffinity(0))
+    for config in (workdir / "outputs" / "multirun").rglob("config.yaml"):
+        assert f"threads: {max(1, cores // 2)}" in config.read_text()
 
 
 def _postgres_reachable() -> str | None:
@@ -255,9 +311,9 @@ def test_two_workers_share_one_study_in_postgresql(workdir):
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_the_other_finishes(workdir):
     name = "killed"
-    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=5", f"hydra.sweeper.study_name={name}",
-            "train.epochs=3", "train.steps_per_epoch=60", "train.lr=tag(log,interval(1e-4,1e-2))"]
-    a = start(args, workdir)
+    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=3", f"hydra.sweeper.study_name={name}",
+            "train.epochs=3", "train.steps_per_epoch=40", "train.lr=tag(log,interval(1e-4,1e-2))"]
+    a, b = start(args, workdir), start(args, workdir)
     journal = workdir / sweep.DEFAULT_STORAGE
 
     def a_is_mid_trial() -> bool:
@@ -267,8 +323,6 @@ def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_the_other_finishe
         return any(t.system_attrs.get(sweep.WORKER, "").endswith(f":{a.pid}") for t in running)
 
     wait_for(a_is_mid_trial, 120, "worker A to start a trial")
-    b = start(args, workdir)
-    time.sleep(1.0)
     a.send_signal(signal.SIGKILL)
     a.wait()
     _, err = b.communicate(timeout=240)
@@ -279,26 +333,26 @@ def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_the_other_finishe
     assert "no heartbeat" in killed.user_attrs[sweep.FAIL_REASON] and str(a.pid) in killed.user_attrs[sweep.FAIL_REASON]
     (retry,) = [t for t in study.trials if t.user_attrs.get(sweep.RETRY_OF) == killed.number]
     assert retry.params == killed.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert sweep.count(study) == sweep.Counts(done=5, failed=0, running=0, waiting=0)
+    assert sweep.count(study) == sweep.Counts(done=3, failed=0, running=0, waiting=0)
 
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_to_n_trials_when_run_again(workdir):
-    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=4", "train.epochs=3", "train.steps_per_epoch=40",
+    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=3", "train.epochs=3", "train.steps_per_epoch=40",
             "train.lr=tag(log,interval(1e-4,1e-2))"]
     first = start(args, workdir)
-    wait_for(lambda: (workdir / sweep.DEFAULT_STORAGE).exists() and sweep.count(load(workdir)).done >= 2,
-             120, "two finished trials")
+    wait_for(lambda: (workdir / sweep.DEFAULT_STORAGE).exists() and sweep.count(load(workdir)).done >= 1,
+             120, "a finished trial")
     first.send_signal(signal.SIGINT)  # Ctrl-C
     first.communicate(timeout=60)
     assert first.returncode != 0
     interrupted = sweep.count(load(workdir)).done
-    assert interrupted < 4
+    assert interrupted < 3
     result = run_cli(args, workdir)  # the same command: the same study
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{interrupted} of 4 trials done" in result.stderr
+    assert f"{interrupted} of 3 trials done" in result.stderr
     study = load(workdir)
-    assert sweep.count(study) == sweep.Counts(done=4, failed=0, running=0, waiting=0)
+    assert sweep.count(study) == sweep.Counts(done=3, failed=0, running=0, waiting=0)
     assert_no_duplicates(study)
 
 
