@@ -91,6 +91,21 @@ def test_distributions_that_cannot_be_sampled_are_refused(override, message):
         distribution(parsed)
 
 
+@pytest.mark.parametrize("name", ["tpe", "random", "grid", "cmaes", "nsgaii"])
+def test_every_ready_sampler_builds_seeded_and_grid_gets_its_space_from_the_overrides(name):
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import SAMPLERS, OptunaSweeper
+
+    if name == "cmaes":
+        pytest.importorskip("cmaes", reason="pip install 'rnnlab[cmaes]'")
+    sweeper = OptunaSweeper(SAMPLERS[name], {}, "minimize", None, None, 1, 1, None, 0.25, None, ["val_loss"],
+                            5, 30, 0, 0, True)
+    space = {"depth": IntDistribution(1, 3), "cell": CategoricalDistribution(["rnn", "gru"])}
+    sampler = sweeper._sampler(space, offset=2)
+    assert type(sampler).__name__ == SAMPLERS[name]["_target_"].rsplit(".", 1)[1]
+    if name == "grid":
+        assert sampler._search_space == {"cell": ["rnn", "gru"], "depth": [1, 2, 3]}
+
+
 # ------------------------------------------------------------------------ the study side
 
 
