@@ -91,6 +91,28 @@ def test_distributions_that_cannot_be_sampled_are_refused(override, message):
         distribution(parsed)
 
 
+@pytest.mark.parametrize("name", ["cell_zoo", "greff"])
+def test_the_ready_search_spaces_compose_and_every_choice_and_bound_validates(name):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from rnnlab.cells import CELLS
+    from rnnlab.config import validate
+
+    if name == "greff" and "lstm_variant" not in CELLS:
+        pytest.skip("sweep=greff needs cell=lstm_variant (the LSTM variants of Greff et al. 2017)")
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={name}"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+        for key, text in params.items():
+            (parsed,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
+            d = distribution(parsed)
+            for value in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
+                job = compose("config", overrides=[f"sweep={name}", f"{key}={value}"])
+                validate(OmegaConf.to_container(job, resolve=True))
+
+
 @pytest.mark.parametrize("name", ["tpe", "random", "grid", "cmaes", "nsgaii"])
 def test_every_ready_sampler_builds_seeded_and_grid_gets_its_space_from_the_overrides(name):
     from hydra_plugins.rnnlab_sweeper.optuna_sweeper import SAMPLERS, OptunaSweeper
