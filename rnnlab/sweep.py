@@ -372,7 +372,9 @@ def job_trial(cfg: Any) -> JobTrial | NullTrial:
 def share_cores(threads: int) -> None:
     """Parallel trials on one machine must not oversubscribe it: measured on 2 cores, two
     2-thread training processes run at 0.21-0.27x the throughput of one, two 1-thread ones at
-    1.44-1.68x. ``threads`` is the job's share (0: leave torch's default)."""
+    1.44-1.68x. ``threads`` is the job's share (0: leave torch's default). Numba's share comes
+    through the environment (the sweeper sets NUMBA_NUM_THREADS per job): windows.py is the
+    only module that imports Numba, and its kernels are serial today."""
     if threads > 0:
         import torch
 

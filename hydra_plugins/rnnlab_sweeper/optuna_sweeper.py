@@ -257,9 +257,12 @@ class OptunaSweeper(Sweeper):
         parent = self._parent_run(study, job_cfg, sweep_dir)
         storage_for_jobs = self.storage_url if self.storage_url and "://" in self.storage_url \
             else str(Path(self.storage_url or S.DEFAULT_STORAGE).resolve())
+        threads = self._threads()
         common = [*fixed, f"++trial.storage={override_value(storage_for_jobs)}", f"++trial.study={override_value(name)}",
-                  f"++trial.parent_run={parent or 'null'}", f"++trial.threads={self._threads()}",
+                  f"++trial.parent_run={parent or 'null'}", f"++trial.threads={threads}",
                   f"++trial.pruner={_dict_override(self.pruner_spec)}"]
+        if threads:  # Numba reads its thread count from the environment, once, at import
+            common.append(f"++hydra.job.env_set.NUMBA_NUM_THREADS={threads}")
         print(f"rnnlab: study {name!r} in {_where(self.storage_url)}: {S.count(study).done} of {self.n_trials} "
               f"trials done; sweep dir {sweep_dir}", file=sys.stderr)
         status = "FAILED"
