@@ -76,11 +76,12 @@ def help_text() -> str:
         options = sorted(f.name[:-5] for f in (conf / group).iterdir() if f.name.endswith(".yaml"))
         marked = [f"{o}*" if o == defaults.get(group) else o for o in options]
         groups.append(f"{group + ':':<10}{', '.join(marked)}")
-        if group in defaults:
+        if defaults.get(group):  # sweep: null has no default option to show
             body = (conf / group / f"{defaults[group]}.yaml").read_text().strip().splitlines()
             sections.append(f"{group}:   # {group}={defaults[group]}")
             sections += ["  " + line for line in body if not line.startswith("#")]
     top = main_text.split("_self_", 1)[1].split("hydra:", 1)[0].strip()
+    top = "\n".join(line for line in top.splitlines() if not line.startswith("- ")).strip()  # defaults after _self_
     return "\n".join([
         header, "",
         "== Config groups (group=option; * = default) ==", *groups, "",

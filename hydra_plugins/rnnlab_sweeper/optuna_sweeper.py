@@ -10,8 +10,8 @@ the ask -> launch -> tell loop through whatever launcher is configured. The stud
 machinery (storage, claiming, reaping, recording, summary) is rnnlab/sweep.py. Hydra imports
 every module under hydra_plugins at start-up, so nothing heavy is imported at the top.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module before
+# it is in sys.modules, and dataclasses cannot resolve string annotations then.
 import hashlib
 import json
 import math
@@ -185,7 +185,7 @@ class OptunaSweeper(Sweeper):
             fail(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: need n_trials >= 0 and n_jobs >= 1")
         if not 0 <= self.max_failure_rate <= 1:
             fail(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} is out of range (allowed: 0..1)")
-        if "test" in " ".join(self.objectives):
+        if any(o.startswith("test") for o in self.objectives):
             fail(f"hydra.sweeper.objectives={self.objectives}: never optimise on the test split (use val_loss)")
         parser = OverridesParser.create()
         lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
@@ -204,9 +204,9 @@ class OptunaSweeper(Sweeper):
             else:
                 space[o.get_key_element()] = d
         if "GridSampler" in str(self.sampler_spec.get("_target_")):
-            grid_only = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
-            if grid_only:
-                fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(grid_only)}")
+            continuous = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
+            if continuous:
+                fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
         job_cfg = self._compose(fixed, space, None)
         for key, d in space.items():  # each choice and each bound, the others at their first value
             for probe in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
