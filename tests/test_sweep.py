@@ -273,7 +273,7 @@ def test_a_nan_trial_and_a_raising_trial_do_not_stop_the_sweep(workdir):
     assert len(by_params) == 4
     assert by_params[(0.002, 8)].state == TrialState.COMPLETE
     nan = by_params[(1e30, 8)]
-    assert nan.state == TrialState.FAIL and nan.user_attrs[sweep.FAIL_REASON].startswith("NonFiniteError: non-finite")
+    assert nan.state == TrialState.FAIL and "non-finite loss" in nan.user_attrs[sweep.FAIL_REASON]
     for lr in (1e30, 0.002):
         oom = by_params[(lr, 1000000)]
         assert oom.state == TrialState.FAIL and "RuntimeError" in oom.user_attrs[sweep.FAIL_REASON]
@@ -284,8 +284,9 @@ def test_too_many_failures_stop_the_sweep_with_one_line(workdir):
     args = [*SWEEP, "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0", "train.lr=choice(1e30)"]
     result = run_cli(args, workdir)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-2].startswith(
-        "rnnlab: error: 1 trials failed, more than max_failure_rate=0.0 of n_trials=4; the last: NonFiniteError")
+    line = next(x for x in result.stderr.splitlines() if x.startswith("rnnlab: error:"))
+    assert line.startswith("rnnlab: error: 1 trials failed, more than max_failure_rate=0.0 of n_trials=4; the last: ")
+    assert "non-finite loss" in line
     assert len(load(workdir).trials) == 1
 
 
