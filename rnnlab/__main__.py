@@ -51,12 +51,23 @@ def main() -> None:
     # Output folders are named by time to the microsecond *and* process id, so runs started
     # in the same instant never share a folder (Hydra's default names them by the second).
     OmegaConf.register_new_resolver("rnnlab_pid", os.getpid, replace=True)
+    _register_sweeper()
     try:
         hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_hydra_job)()
     finally:
         if _FAILED_JOBS:
             print(f"rnnlab: {len(_FAILED_JOBS)} job(s) failed:", *_FAILED_JOBS, sep="\n  ", file=sys.stderr)
             raise SystemExit(1)
+
+
+def _register_sweeper() -> None:
+    """Hydra finds plugins by listing the hydra_plugins namespace, which an editable install
+    (pip install -e, PEP 660) hides from it. Importing the sweeper by name works everywhere."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
 
 
 def help_text() -> str:
@@ -74,15 +85,16 @@ def help_text() -> str:
     header = main_cfg["hydra"]["help"]["header"]
     footer = main_cfg["hydra"]["help"]["footer"]
     groups, sections = [], []
-    for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and not p.name.startswith("_")):
+    for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name[0] != "_" and p.name != "hydra"):
         options = sorted(f.name[:-5] for f in (conf / group).iterdir() if f.name.endswith(".yaml"))
         marked = [f"{o}*" if o == defaults.get(group) else o for o in options]
         groups.append(f"{group + ':':<10}{', '.join(marked)}")
-        if group in defaults:
+        if defaults.get(group):  # sweep: null has no default option to show
             body = (conf / group / f"{defaults[group]}.yaml").read_text().strip().splitlines()
             sections.append(f"{group}:   # {group}={defaults[group]}")
             sections += ["  " + line for line in body if not line.startswith("#")]
     top = main_text.split("_self_", 1)[1].split("hydra:", 1)[0].strip()
+    top = "\n".join(line for line in top.splitlines() if not line.startswith("- ")).strip()  # defaults after _self_
     return "\n".join([
         header, "",
         "== Config groups (group=option; * = default) ==", *groups, "",
@@ -187,7 +199,10 @@ def _hydra_job(cfg: DictConfig) -> dict[str, float]:
     from rnnlab.config import ConfigError, redact, secret_keys, validate
 
     hydra_cfg = HydraConfig.get()
+    # A plain multirun reports its failed jobs at the end; in an Optuna sweep the sweeper
+    # accounts for failed and pruned trials itself (max_failure_rate), so they are not listed.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    listed = multirun and not OmegaConf.select(cfg, "trial.study", default="")
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
@@ -204,12 +219,13 @@ def _hydra_job(cfg: DictConfig) -> dict[str, float]:
         if not multirun:
             fail(str(e))
         logging.getLogger("rnnlab").error("job failed: %s", e)
-        _FAILED_JOBS.append(f"job {hydra_cfg.job.num} ({' '.join(overrides)}): {e}")
+        if listed:
+            _FAILED_JOBS.append(f"job {hydra_cfg.job.num} ({' '.join(overrides)}): {e}")
         raise
     except Exception as e:
         # The job's log file (Hydra's) gets the traceback; in a multirun the other jobs go on.
         logging.getLogger("rnnlab").error("job failed:\n%s", traceback.format_exc())
-        if multirun:
+        if listed:
             _FAILED_JOBS.append(f"job {hydra_cfg.job.num} ({' '.join(overrides)}): {_one_line(e)}")
         raise
 
@@ -239,8 +255,10 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         ui_command,
     )
     from rnnlab.train import Interrupted, NonFiniteError, TrainState, fit_ridge, predict, score, train
+    from rnnlab.sweep import job_trial
 
     started = time.perf_counter()
+    trial = job_trial(config.trial)  # in a sweep: reports val_loss each epoch, may prune
     d = config.data
     run_name = config.tracking.run_name or f"{config.cell.name}-d{config.depth}-h{config.hidden_size}-k{config.truncation}"
     flat = redact(flatten(config), secrets)
@@ -277,6 +295,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         commit = _git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
+        tags.update(trial.tags)
         try:  # fails fast on a store that cannot work; opening it overlaps the training
             tracker: Any = Tracker(config.tracking.uri, config.tracking.experiment, run_name, tags,
                                    run_id=run_id, spool_dir=output_dir)
@@ -318,7 +337,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             model, data, config.train, truncation=config.truncation, seed=config.seed,
             device=device, log=tracker.log_metrics, progress=progress, resume=state,
             save=lambda s: (last_state[:1].clear() or last_state.append(s), save(s)),
-            stop_requested=stop.requested, probe=probe,
+            stop_requested=stop.requested, probe=probe, on_epoch_end=trial.on_epoch_end,
             on_probe=lambda record: tracker.log_metrics(summary_metrics(record), record.step),
         )
         scores = score(model, data, "test", config.train.eval_batch_size, device)
@@ -369,6 +388,9 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         if last_state:
             save(last_state[0], finished=True)  # resume=auto must not pick a finished run up again
         status = "FINISHED"
+    except trial.pruned:  # stopped early by the sweep's pruner: not a failure
+        status = "KILLED"
+        raise
     except (Interrupted, KeyboardInterrupt):
         status, exit_code = "KILLED", stop.exit_code if stop.requested() else 130
     except NonFiniteError as e:
@@ -469,7 +491,7 @@ def _resume_point(resume: str | None, flat: dict[str, Any], digest: str, uri: st
 def _ignored_on_resume(key: str) -> bool:
     from rnnlab.config import RESUME_FREE_KEYS
 
-    return key in RESUME_FREE_KEYS or key.startswith("tracking.")
+    return key in RESUME_FREE_KEYS or key.startswith(("tracking.", "trial."))
 
 
 def _log_traceback(tracker: Any, output_dir: Path) -> None:

@@ -88,6 +88,19 @@ class TrackingConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Set per job by the Optuna sweeper (hydra/sweeper=optuna), never by hand: how the job
+    finds its trial, to report val_loss each epoch and be pruned. Empty outside a sweep."""
+
+    storage: str = ""  # the study's storage: a journal file path or a database URL
+    study: str = ""
+    number: int = -1
+    parent_run: str | None = None  # the sweep's MLflow run; this job's run becomes its child
+    threads: int = 0  # torch threads: this job's share of the machine's cores; 0 = torch's default
+    pruner: dict = field(default_factory=dict)  # {_target_: optuna.pruners.X, **kwargs}
+
+
+@dataclass
 class Config:
     cell: CellConfig = field(default_factory=CellConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -104,6 +117,7 @@ class Config:
     allocator: Literal["tuned", "system"] = "tuned"  # tuned: no per-step mmap/munmap (see README)
     quiet: bool = False  # no progress bar (sweeps)
     resume: str | None = None  # a checkpoint file or folder, a run id, or auto (see README)
+    trial: TrialConfig = field(default_factory=TrialConfig)  # set by the sweeper
 
 
 # --------------------------------------------------------------------------------- validation
@@ -278,7 +292,7 @@ def config_hash(flat: dict[str, Any]) -> str:
     import hashlib
     import json
 
-    kept = {k: v for k, v in flat.items() if k not in RESUME_FREE_KEYS and not k.startswith("tracking.")}
+    kept = {k: v for k, v in flat.items() if k not in RESUME_FREE_KEYS and not k.startswith(("tracking.", "trial."))}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -53,7 +53,7 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir)
     [
         (["depth=0"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
         (["train.optimizer=adagrad"], "rnnlab: error: train.optimizer='adagrad' is not allowed (allowed: adam, sgd)"),
-        (["foo=1"], "rnnlab: error: unknown key 'foo' (allowed: cell, data, train, tracking, depth, hidden_size, dropout, bidirectional, truncation, seed, device, allocator, quiet, resume, probe)"),
+        (["foo=1"], "rnnlab: error: unknown key 'foo' (allowed: cell, data, train, tracking, depth, hidden_size, dropout, bidirectional, truncation, seed, device, allocator, quiet, resume, probe, trial)"),
         (["cell=transformerz"], "rnnlab: error: cell=transformerz is not an option of group 'cell' (allowed: cifg, esn, gru, gru_classic, indrnn, lstm, lstm_variant, peephole, rnn, transformer)"),
         (["cell.nonlinearity=relu"], "rnnlab: error: cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias, chrono, recurrent_init)"),
         (["cell=esn", "cell.spectral_radius=0"], "rnnlab: error: cell.spectral_radius=0.0 is out of range (allowed: > 0 (< 1 for the echo-state property))"),

@@ -15,7 +15,8 @@ from rnnlab.config import Config, ConfigError, TrackingConfig, TrainConfig, flat
 from rnnlab.data import DATASETS
 
 CONF = files("rnnlab.conf")
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+# hydra/ holds launcher configs and sweep/ search spaces (tested in test_sweep.py): not run options.
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name[0] != "_" and p.name not in ("hydra", "sweep"))
 
 
 def composed(*overrides: str) -> dict:

@@ -1,0 +1,1 @@
+"""rnnlab's Hydra sweeper plugin (Hydra finds it under the hydra_plugins namespace)."""

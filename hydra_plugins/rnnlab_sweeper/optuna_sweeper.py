@@ -1,0 +1,438 @@
+"""rnnlab's Hydra sweeper on current Optuna: ``hydra/sweeper=optuna``.
+
+It accepts the override grammar and the keys of the PyPI hydra-optuna-sweeper 1.3 (choice,
+range, interval, int(interval), tag(log, ...); sampler, direction, storage, study_name,
+n_trials, n_jobs, params, max_failure_rate, custom_search_space), so its configs port
+unchanged, and adds pruning, resume, heartbeats, failure handling and an MLflow parent run.
+
+This module is the Hydra side: turn overrides into Optuna distributions, check them, and run
+the ask -> launch -> tell loop through whatever launcher is configured. The study-side
+machinery (storage, claiming, reaping, recording, summary) is rnnlab/sweep.py. Hydra imports
+every module under hydra_plugins at start-up, so nothing heavy is imported at the top.
+"""
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module before
+# it is in sys.modules, and dataclasses cannot resolve string annotations then.
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# ------------------------------------------------------------------------------------ configs
+# Samplers and pruners are {_target_: class, **kwargs}: swap with hydra/sweeper/sampler=random,
+# tune with hydra.sweeper.sampler.seed=1. The keys listed are the ones worth overriding.
+
+SAMPLERS = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": 0, "n_startup_trials": 10,
+            "multivariate": False, "constant_liar": True},  # constant_liar: parallel workers spread out
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": 0},
+    "grid": {"_target_": "optuna.samplers.GridSampler", "seed": 0},  # search_space: from params
+    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": 0, "n_startup_trials": 1, "sigma0": None},
+    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": 0, "population_size": 50},
+}
+PRUNERS = {
+    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 1},
+    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1,
+                  "max_resource": "auto", "reduction_factor": 3},
+    "none": {"_target_": "optuna.pruners.NopPruner"},
+}
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.rnnlab_sweeper.optuna_sweeper.OptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds sampler and pruner itself (seed, grid space)
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "median"}])
+    sampler: Any = None
+    pruner: Any = None
+    # Keys of hydra-optuna-sweeper 1.3:
+    direction: Any = "minimize"  # one per objective: minimize | maximize
+    storage: Optional[str] = None  # null: the journal file outputs/optuna.journal; or a database URL
+    study_name: Optional[str] = None  # null: derived from the search space, so a re-run resumes
+    n_trials: int = 20  # finished trials the study should hold (resumes count)
+    n_jobs: int = 1  # trials launched at once (a parallel launcher runs them side by side)
+    params: Optional[dict[str, Any]] = None  # key: choice(...) | range(...) | interval(...) | value
+    max_failure_rate: float = 0.25  # of n_trials; more failures stop the sweep
+    custom_search_space: Optional[str] = None  # "module.fn": fn(cfg, trial) suggests more params
+    # rnnlab's additions:
+    objectives: list[str] = field(default_factory=lambda: ["val_loss"])  # keys of the job's return dict
+    heartbeat_interval: float = 5.0  # seconds between a worker's beats for its running trials
+    grace_period: float = 30.0  # a RUNNING trial not beaten for this long is failed and retried once
+    threads_per_trial: int = 0  # 0: this machine's cores / n_jobs (a Slurm job: its own cpus)
+    gpus: int = 0  # local GPUs to give parallel trials one each (CUDA_VISIBLE_DEVICES); 0: untouched
+    importance: bool = True  # fANOVA importances and figures at the end
+
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="rnnlab")
+for _name, _node in SAMPLERS.items():
+    cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="rnnlab")
+for _name, _node in PRUNERS.items():
+    cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="rnnlab")
+
+
+def fail(message: str, status: int = 2) -> None:
+    """rnnlab's convention for bad input: one line on stderr, exit status 2."""
+    print(f"rnnlab: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+# -------------------------------------------------------------------------- grammar -> space
+
+
+def distribution(override: Override) -> Any:
+    """The Optuna distribution of one sweep override, or its plain value (a str) if fixed.
+    Raises ValueError with a one-line reason on what cannot be sampled."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if isinstance(value, ChoiceSweep):  # choice(a,b) and a,b
+        choices = [v if isinstance(v, (str, int, float, bool)) or v is None else Transformer.encode(v)
+                   for v in value.list]
+        if not choices:
+            raise ValueError(f"{key}: empty choice")
+        return CategoricalDistribution(choices)
+    if isinstance(value, RangeSweep):
+        items = list(override.sweep_iterator())
+        if not items:
+            raise ValueError(f"{key}=range({value.start},{value.stop},{value.step}): the range is empty")
+        if value.shuffle:
+            return CategoricalDistribution(items)
+        last = items[-1]  # Hydra's range excludes stop, like Python's
+        if all(isinstance(v, int) for v in (value.start, value.step)):
+            return IntDistribution(int(value.start), int(last), step=int(value.step))
+        return FloatDistribution(float(value.start), float(last), step=float(value.step))
+    if isinstance(value, IntervalSweep):
+        low, high, log = value.start, value.end, "log" in value.tags
+        if low > high:
+            raise ValueError(f"{key}=interval({low},{high}): low > high")
+        if log and low <= 0:
+            raise ValueError(f"{key}: log scale needs bounds > 0 (got interval({low},{high}))")
+        if isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(low, high, log=log)
+        return FloatDistribution(float(low), float(high), log=log)
+    raise ValueError(
+        f"{override.input_line}: not a distribution this sweeper knows "
+        "(use choice(...), a,b,c, range(...), interval(...), int(interval(...)), tag(log, ...))"
+    )
+
+
+def override_value(value: Any) -> str:
+    """A sampled value as Hydra override text."""
+    if isinstance(value, str):
+        return value if value.replace("_", "").replace("-", "").replace(".", "").isalnum() else repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ------------------------------------------------------------------------------------ sweeper
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, params: Optional[dict[str, Any]], max_failure_rate: float,
+                 custom_search_space: Optional[str], objectives: list[str], heartbeat_interval: float,
+                 grace_period: float, threads_per_trial: int, gpus: int, importance: bool) -> None:
+        self.sampler_spec = _plain(sampler)
+        self.pruner_spec = _plain(pruner)
+        self.directions = [direction] if isinstance(direction, str) else list(direction)
+        self.storage_url = storage
+        self.study_name = study_name
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.params = _plain(params) or {}
+        self.max_failure_rate = max_failure_rate
+        self.custom_search_space = custom_search_space
+        self.objectives = list(objectives)
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.threads_per_trial, self.gpus, self.importance = threads_per_trial, gpus, importance
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    # ------------------------------------------------------------------ checks, before anything
+    def plan(self, arguments: list[str]) -> tuple[list[str], dict[str, Any], DictConfig]:
+        """Fixed overrides, the search space and the composed job config; every bad input
+        fails here with one line, before the storage is opened."""
+        if len(self.directions) != len(self.objectives):
+            fail(f"hydra.sweeper.direction has {len(self.directions)} entries for {len(self.objectives)} "
+                 f"objectives {self.objectives}: give one per objective")
+        for d in self.directions:
+            if d not in ("minimize", "maximize"):
+                fail(f"hydra.sweeper.direction={d!r} is not allowed (allowed: minimize, maximize)")
+        if self.n_trials < 0 or self.n_jobs < 1:
+            fail(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: need n_trials >= 0 and n_jobs >= 1")
+        if not 0 <= self.max_failure_rate <= 1:
+            fail(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} is out of range (allowed: 0..1)")
+        if any(o.startswith("test") for o in self.objectives):
+            fail(f"hydra.sweeper.objectives={self.objectives}: never optimise on the test split (use val_loss)")
+        parser = OverridesParser.create()
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        try:
+            overrides = parser.parse_overrides(lines)
+        except Exception as e:
+            fail(_one_line(e).split(" See https://")[0])
+        fixed, space = [], {}
+        for o in overrides:
+            try:
+                d = distribution(o)
+            except ValueError as e:
+                fail(str(e))
+            if isinstance(d, str):
+                fixed.append(o.input_line)
+            else:
+                space[o.get_key_element()] = d
+        if "GridSampler" in str(self.sampler_spec.get("_target_")):
+            continuous = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
+            if continuous:
+                fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
+        job_cfg = self._compose(fixed, space, None)
+        for key, d in space.items():  # each choice and each bound, the others at their first value
+            for probe in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
+                self._compose(fixed, space, (key, probe))
+        return fixed, space, job_cfg
+
+    def _compose(self, fixed: list[str], space: dict[str, Any], probe: Optional[tuple[str, Any]]) -> DictConfig:
+        from rnnlab.sweep import SweepError, check_job
+
+        point = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in space.items()}
+        if probe:
+            point[probe[0]] = probe[1]
+        overrides = fixed + [f"{k}={override_value(v)}" for k, v in point.items()]
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except Exception as e:
+            text = _one_line(e)
+            unknown = re.search(r"Could not override '([^']+)'", text)
+            if unknown:
+                where = f" when {probe[0]}={probe[1]}" if probe and probe[0] != unknown.group(1) else ""
+                fail(f"{unknown.group(1)} is not a key of the config{where} (see python -m rnnlab --cfg job)")
+            fail(text)
+        try:
+            check_job({k: _plain(cfg[k]) for k in cfg if k != "hydra"})  # hydra.*: unresolvable before a job
+        except SweepError as e:
+            fail(f"{e} (in the search space{f' at {probe[0]}={probe[1]}' if probe else ''})")
+        return cfg
+
+    # ------------------------------------------------------------------------------- the loop
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        from rnnlab import sweep as S
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        fixed, space, job_cfg = self.plan(arguments)
+        name = self.study_name or _default_name(fixed, space)
+        described = {k: repr(d) for k, d in space.items()}
+        try:
+            storage = S.open_storage(self.storage_url, repair=True)
+            study = S.load_or_create_study(storage, name, self.directions, described)
+        except S.SweepError as e:
+            fail(str(e))
+        before = len(study.trials)  # a resumed study or a later worker: another random stream
+        study = optuna.load_study(study_name=name, storage=storage, sampler=self._sampler(space, before),
+                                  pruner=S.build(self.pruner_spec))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        parent = self._parent_run(study, job_cfg, sweep_dir)
+        storage_for_jobs = self.storage_url if self.storage_url and "://" in self.storage_url \
+            else str(Path(self.storage_url or S.DEFAULT_STORAGE).resolve())
+        threads = self._threads()
+        common = [*fixed, f"++trial.storage={override_value(storage_for_jobs)}", f"++trial.study={override_value(name)}",
+                  f"++trial.parent_run={parent or 'null'}", f"++trial.threads={threads}",
+                  f"++trial.pruner={_dict_override(self.pruner_spec)}"]
+        if threads:  # Numba reads its thread count from the environment, once, at import
+            common.append(f"++hydra.job.env_set.NUMBA_NUM_THREADS={threads}")
+        print(f"rnnlab: study {name!r} in {_where(self.storage_url)}: {S.count(study).done} of {self.n_trials} "
+              f"trials done; sweep dir {sweep_dir}", file=sys.stderr)
+        status = "FAILED"
+        heartbeat = S.Heartbeat(study, self.heartbeat_interval, self.grace_period)
+        try:
+            self._loop(study, space, common, heartbeat)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            heartbeat.close()
+            self._finish(study, parent, sweep_dir, status)
+
+    def _loop(self, study: Any, space: dict[str, Any], common: list[str], heartbeat: Any) -> None:
+        from rnnlab import sweep as S
+
+        batch_max = 1 if type(self.launcher).__name__ == "BasicLauncher" else self.n_jobs  # in-process: one by one
+        while True:
+            S.reap(study, self.grace_period)
+            c = S.count(study)
+            if c.failed > self.max_failure_rate * self.n_trials:
+                reasons = [t.user_attrs.get(S.FAIL_REASON, "?") for t in study.trials if t.state.name == "FAIL"]
+                fail(f"{c.failed} trials failed, more than max_failure_rate={self.max_failure_rate} of "
+                     f"n_trials={self.n_trials}; the last: {reasons[-1]}", status=1)
+            free = self.n_trials - (c.done + c.running + c.waiting)
+            size = min(batch_max, max(free, 0) + c.waiting)
+            if size == 0:
+                if c.running == 0 and c.waiting == 0:
+                    return  # n_trials results, nothing left in flight anywhere
+                time.sleep(min(self.heartbeat_interval, 2.0))  # others' trials: they may die and need a retry
+                continue
+            trials = [S.claim(study, space, heartbeat) for _ in range(size)]
+            self._run_batch(study, trials, common, heartbeat)
+
+    def _run_batch(self, study: Any, trials: list[Any], common: list[str], heartbeat: Any) -> None:
+        from rnnlab import sweep as S
+
+        jobs = []
+        for slot, trial in enumerate(trials):
+            if self.custom_search_space:
+                _import(self.custom_search_space)(self.config, trial)
+            params = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+            gpu = [f"++hydra.job.env_set.CUDA_VISIBLE_DEVICES={slot % self.gpus}"] if self.gpus else []
+            jobs.append([*common, *params, f"++trial.number={trial.number}", *gpu])
+        try:
+            returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
+            outcomes = []
+            for r in returns:
+                try:
+                    outcomes.append(r.return_value)
+                except Exception as e:  # the job raised: Hydra kept the exception for us
+                    outcomes.append(e)
+        except KeyboardInterrupt:
+            for trial in trials:
+                S.fail_trial(study, trial._trial_id, "interrupted (Ctrl-C)", retry=True)
+            raise
+        except BaseException as e:  # a job called sys.exit, or a launcher lost its worker
+            reason = f"the job exited (status {e.code})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {_one_line(e)}"
+            for trial in trials:
+                S.fail_trial(study, trial._trial_id, reason, retry=len(trials) > 1)
+            outcomes = []
+        self.job_idx += len(trials)
+        for trial, outcome in zip(trials, outcomes):
+            state = S.record(study, trial, outcome, self.objectives)
+            heartbeat.trial_ids.discard(trial._trial_id)
+            print(f"rnnlab: trial {trial.number} {state} {trial.params}", file=sys.stderr)
+
+    # ---------------------------------------------------------------------------- pieces
+    def _sampler(self, space: dict[str, Any], offset: int) -> Any:
+        from rnnlab.sweep import build
+
+        spec = dict(self.sampler_spec)
+        if spec.get("seed") is not None:
+            spec["seed"] = int(spec["seed"]) + offset
+        if "GridSampler" in spec["_target_"]:
+            spec["search_space"] = {k: (list(d.choices) if hasattr(d, "choices") else
+                                        list(_frange(d.low, d.high, d.step))) for k, d in space.items()}
+        spec = {k: v for k, v in spec.items() if v is not None or k == "seed"}
+        try:
+            return build(spec)
+        except Exception as e:
+            fail(f"hydra.sweeper.sampler: {_one_line(e)}")
+
+    def _threads(self) -> int:
+        if self.threads_per_trial:
+            return self.threads_per_trial
+        if "Slurm" in type(self.launcher).__name__:
+            return 0  # a Slurm job gets its own cpus_per_task; torch's default fits them
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // self.n_jobs)
+
+    def _parent_run(self, study: Any, job_cfg: DictConfig, sweep_dir: Path) -> Optional[str]:
+        """One MLflow parent run per study, shared by every worker and every resume."""
+        if not OmegaConf.select(job_cfg, "tracking.enabled", default=False):
+            return None
+        from rnnlab import sweep as S
+        from rnnlab import tracking
+
+        uri, experiment = str(job_cfg.tracking.uri), str(job_cfg.tracking.experiment)
+        self.tracking = (uri, experiment)
+        run_id = study.user_attrs.get(S.PARENT_RUN)
+        try:
+            if run_id:
+                tracking.reopen_run(uri, run_id)
+                return run_id
+            run_id = tracking.start_sweep_run(uri, experiment, study.study_name, {
+                "rnnlab.study": study.study_name, "rnnlab.sweep_dir": str(sweep_dir),
+                "rnnlab.command": " ".join(["python -m rnnlab", *sys.argv[1:]]),
+            })
+        except tracking.TrackingError as e:
+            fail(str(e))
+        study.set_user_attr(S.PARENT_RUN, run_id)
+        time.sleep(0.1)
+        winner = __import__("optuna").load_study(study_name=study.study_name, storage=study._storage).user_attrs[S.PARENT_RUN]
+        if winner != run_id:  # two workers created one each at once: keep the one the study kept
+            tracking.delete_run(uri, run_id)
+        return winner
+
+    def _finish(self, study: Any, parent: Optional[str], sweep_dir: Path, status: str) -> None:
+        from rnnlab import sweep as S
+
+        result = S.summarize(study, self.objectives, sweep_dir, importance=self.importance)
+        best = result.get("best_value")
+        print(f"rnnlab: study {study.study_name!r}: {result['counts']}"
+              + (f"; best {self.objectives[0]}={best:.5g} with {result['best_params']}" if best is not None else ""),
+              file=sys.stderr)
+        if parent:
+            from rnnlab import tracking
+
+            metrics = {f"best_{self.objectives[0]}": best} if best is not None else {}
+            metrics.update({f"trials_{k}": v for k, v in result["counts"].items() if v})
+            tags = {f"best.{k}": str(v) for k, v in result.get("best_params", {}).items()}
+            tracking.log_sweep(self.tracking[0], parent, metrics, tags, result["files"], status)
+
+
+def _default_name(fixed: list[str], space: dict[str, Any]) -> str:
+    """The same command gives the same study, so re-running it resumes."""
+    text = json.dumps([sorted(fixed), sorted((k, repr(d)) for k, d in space.items())])
+    return "sweep-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _where(url: Optional[str]) -> str:
+    from rnnlab.sweep import DEFAULT_STORAGE, _hide_password
+
+    return _hide_password(url) if url else DEFAULT_STORAGE
+
+
+def _dict_override(spec: dict[str, Any]) -> str:
+    return "{" + ",".join(f"{k}:{'null' if v is None else override_value(v)}" for k, v in spec.items()) + "}"
+
+
+def _frange(low: float, high: float, step: float) -> list[float]:
+    n = int(math.floor((high - low) / step + 1e-9)) + 1
+    return [low + i * step for i in range(n)]
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def _import(path: str) -> Any:
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        fail(f"hydra.sweeper.custom_search_space={path!r}: {_one_line(e)}")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:400]

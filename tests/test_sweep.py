@@ -1,0 +1,422 @@
+"""The Optuna sweeper: grammar, storage repair, reaping, recording, and whole sweeps run as a
+user runs them (`python -m rnnlab -m hydra/sweeper=optuna ...` in subprocesses)."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from conftest import TINY, run_cli
+from hydra_plugins.rnnlab_sweeper.optuna_sweeper import distribution
+from rnnlab import sweep
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SWEEP = ["-m", "hydra/sweeper=optuna", *TINY, "tracking=none", "hydra.sweeper.importance=false"]
+FAST_REAPER = ["hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=3"]
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def load(workdir: Path, name: str | None = None, url: str | None = None) -> optuna.Study:
+    storage = sweep.open_storage(url or str(workdir / sweep.DEFAULT_STORAGE))
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    return optuna.load_study(study_name=name or names[0], storage=storage)
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen([sys.executable, "-m", "rnnlab", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def assert_no_duplicates(study: optuna.Study) -> None:
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+
+
+# ---------------------------------------------------------------------------- the grammar
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("cell=choice(rnn,lstm,gru)", CategoricalDistribution(["rnn", "lstm", "gru"])),
+        ("cell=rnn,gru", CategoricalDistribution(["rnn", "gru"])),
+        ("hidden_size=choice(32,64)", CategoricalDistribution([32, 64])),
+        ("depth=range(1,5)", IntDistribution(1, 4)),  # Hydra's range excludes its stop, like Python's
+        ("depth=range(1,8,3)", IntDistribution(1, 7, step=3)),
+        ("dropout=interval(0,0.5)", FloatDistribution(0.0, 0.5)),
+        ("depth=int(interval(1,6))", IntDistribution(1, 6)),
+        ("train.lr=tag(log,interval(1e-4,1e-2))", FloatDistribution(1e-4, 1e-2, log=True)),
+        ("hidden_size=tag(log,int(interval(8,256)))", IntDistribution(8, 256, log=True)),
+        ("depth=3", "3"),
+    ],
+)
+def test_hydra_optuna_sweeper_grammar_maps_to_optuna_distributions(override, expected):
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    assert distribution(parsed) == expected
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lr=interval(1e-2,1e-4)", "train.lr=interval(0.01,0.0001): low > high"),
+        ("train.lr=tag(log,interval(0,1))", "train.lr: log scale needs bounds > 0"),
+        ("depth=range(5,1)", "depth=range(5,1,1): the range is empty"),
+        ("cell=glob(*)", "not a distribution this sweeper knows"),
+    ],
+)
+def test_distributions_that_cannot_be_sampled_are_refused(override, message):
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        distribution(parsed)
+
+
+@pytest.mark.parametrize("name", ["cell_zoo", "greff"])
+def test_the_ready_search_spaces_compose_and_every_choice_and_bound_validates(name):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from rnnlab.cells import CELLS
+    from rnnlab.config import validate
+
+    if name == "greff" and "lstm_variant" not in CELLS:
+        pytest.skip("sweep=greff needs cell=lstm_variant (the LSTM variants of Greff et al. 2017)")
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={name}"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+        for key, text in params.items():
+            (parsed,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
+            d = distribution(parsed)
+            for value in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
+                job = compose("config", overrides=[f"sweep={name}", f"{key}={value}"])
+                validate(OmegaConf.to_container(job, resolve=True))
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "grid", "cmaes", "nsgaii"])
+def test_every_ready_sampler_builds_seeded_and_grid_gets_its_space_from_the_overrides(name):
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import SAMPLERS, OptunaSweeper
+
+    if name == "cmaes":
+        pytest.importorskip("cmaes", reason="pip install 'rnnlab[cmaes]'")
+    sweeper = OptunaSweeper(SAMPLERS[name], {}, "minimize", None, None, 1, 1, None, 0.25, None, ["val_loss"],
+                            5, 30, 0, 0, True)
+    space = {"depth": IntDistribution(1, 3), "cell": CategoricalDistribution(["rnn", "gru"])}
+    sampler = sweeper._sampler(space, offset=2)
+    assert type(sampler).__name__ == SAMPLERS[name]["_target_"].rsplit(".", 1)[1]
+    if name == "grid":
+        assert sampler._search_space == {"cell": ["rnn", "gru"], "depth": [1, 2, 3]}
+
+
+# ------------------------------------------------------------------------ the study side
+
+
+def test_a_torn_journal_line_is_repaired_and_the_study_loads_again(tmp_path):
+    path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="s", storage=sweep.open_storage(str(path)))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"op_code": 5, "worker_id": "x", "tri')  # a worker killed mid-write
+    assert sweep.repair_journal(path) > 0 and path.read_bytes() == good
+    # Unrepaired, the next appends are glued onto the fragment, and every later load fails.
+    *head, second_last, last, _ = good.split(b"\n")
+    path.write_bytes(b"\n".join([*head, b'{"op_code": 5, "wor' + second_last, last, b""]))
+    with pytest.raises(ValueError):
+        optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(path))))
+    sweep.repair_journal(path)  # keeps the glued-on record, drops the fragment
+    assert path.read_bytes() == good and len(load(tmp_path, "s", str(path)).trials) == 3
+
+
+def test_a_stale_trial_is_failed_with_its_reason_and_retried_once_with_the_same_params(tmp_path):
+    study = sweep.load_or_create_study(sweep.open_storage(str(tmp_path / "j")), "s", ["minimize"], {})
+    beat = sweep.Heartbeat(study, interval=60, grace=60)  # beats only when told to
+    trial = sweep.claim(study, {"x": FloatDistribution(0, 1)}, beat)
+    study._storage.set_trial_system_attr(trial._trial_id, sweep.HEARTBEAT, time.time() - 10)
+    assert sweep.reap(study, grace=5) == [trial.number]
+    failed = study.trials[trial.number]
+    assert failed.state == TrialState.FAIL and "no heartbeat" in failed.user_attrs[sweep.FAIL_REASON]
+    assert sweep.count(study) == sweep.Counts(done=0, failed=0, running=0, waiting=1)  # the retry stands in
+    retry = sweep.claim(study, {"x": FloatDistribution(0, 1)}, beat)
+    assert retry.params == failed.params and retry.user_attrs[sweep.RETRY_OF] == trial.number
+    study._storage.set_trial_system_attr(retry._trial_id, sweep.HEARTBEAT, time.time() - 10)
+    sweep.reap(study, grace=5)
+    assert sweep.count(study) == sweep.Counts(done=1, failed=1, running=0, waiting=0)  # never twice
+    beat.close()
+
+
+def test_non_finite_objectives_and_exceptions_are_fail_with_a_reason_pruned_is_pruned(tmp_path):
+    study = sweep.load_or_create_study(sweep.open_storage(str(tmp_path / "j")), "s", ["minimize"], {})
+    beat = sweep.Heartbeat(study, interval=60, grace=60)
+    outcomes = [{"val_loss": math.inf}, {"val_loss": math.nan}, FloatingPointError("non-finite loss"),
+                optuna.TrialPruned(), {"test_mse": 0.1}, {"val_loss": 0.5}]
+    states = [sweep.record(study, sweep.claim(study, {}, beat), o, ["val_loss"]) for o in outcomes]
+    beat.close()
+    assert states == ["FAIL", "FAIL", "FAIL", "PRUNED", "FAIL", "COMPLETE"]
+    reasons = [t.user_attrs.get(sweep.FAIL_REASON, "") for t in study.trials]
+    assert "val_loss=inf" in reasons[0] and "val_loss=nan" in reasons[1]
+    assert reasons[2] == "FloatingPointError: non-finite loss" and "no number" in reasons[4]
+    assert study.best_value == 0.5  # +inf was never stored as a result
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_the_job_reports_every_epoch_and_is_pruned_by_the_configured_pruner(tmp_path, pruner):
+    from types import SimpleNamespace
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import PRUNERS
+
+    spec = {**PRUNERS[pruner], **({"n_startup_trials": 1} if pruner == "median" else {"max_resource": 4})}
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    study = sweep.load_or_create_study(storage, "s", ["minimize"], {})
+    beat = sweep.Heartbeat(study, interval=60, grace=60)
+    pruned_at = []
+    for curve in ([1.0, 0.5, 0.25, 0.1],) + ([9.0, 9.0, 9.0, 9.0],) * 6:  # one good run, then bad ones
+        trial = sweep.claim(study, {}, beat)
+        job = sweep.job_trial(SimpleNamespace(storage=str(tmp_path / "j"), study="s", number=trial.number,
+                                              parent_run=None, threads=0, pruner=spec))
+        assert job.tags == {"rnnlab.study": "s", "rnnlab.trial": str(trial.number)}
+        try:
+            for epoch, loss in enumerate(curve, 1):
+                job.on_epoch_end(epoch, loss)
+            outcome = {"val_loss": min(curve)}
+        except job.pruned as e:
+            outcome = e
+            pruned_at.append(epoch)
+        sweep.record(study, trial, outcome, ["val_loss"])
+    beat.close()
+    assert study.trials[0].intermediate_values == {1: 1.0, 2: 0.5, 3: 0.25, 4: 0.1}
+    assert pruned_at and all(e < 4 for e in pruned_at)  # bad runs stopped before their last epoch
+    assert {t.state for t in study.trials[1:]} >= {TrialState.PRUNED}
+
+
+def test_a_multi_objective_summary_has_the_pareto_front_importances_and_figures(tmp_path):
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("lr", 1e-4, 1e-1, log=True), t.suggest_int("h", 8, 64)), n_trials=12)
+    result = sweep.summarize(study, ["val_loss", "n_params"], tmp_path)
+    assert result["best_trials"] and {"val_loss/lr", "n_params/h"} <= set(result["importance"])
+    assert result["importance"]["n_params/h"] > 0.9  # n_params is h here: fANOVA must see it
+    names = {p.name for p in result["files"]}
+    assert {"optimization_results.yaml", "importance.csv", "history_val_loss.png", "history_n_params.png",
+            "importance_val_loss.png", "importance_n_params.png"} <= names
+
+
+def test_resuming_with_another_search_space_is_refused_before_writing(tmp_path):
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    sweep.load_or_create_study(storage, "s", ["minimize"], {"x": "a"})
+    before = (tmp_path / "j").read_bytes()
+    with pytest.raises(sweep.SweepError, match="another search space .differs in x"):
+        sweep.load_or_create_study(storage, "s", ["minimize"], {"x": "b"})
+    with pytest.raises(sweep.SweepError, match="direction"):
+        sweep.load_or_create_study(storage, "s", ["maximize"], {"x": "a"})
+    assert (tmp_path / "j").read_bytes() == before
+
+
+# ------------------------------------------------------------------------- whole sweeps
+
+
+@pytest.mark.slow
+def test_a_sweep_with_pruning_fills_the_study_and_mlflow_parent_and_children(workdir):
+    from mlflow.tracking import MlflowClient
+
+    args = ["-m", "hydra/sweeper=optuna", *TINY, "train.epochs=4", "train.patience=0",
+            "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.n_startup_trials=2",
+            "hydra/sweeper/sampler=random", "train.lr=tag(log,interval(1e-4,3e-2))", "cell=choice(rnn,gru)"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(workdir)
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert TrialState.PRUNED in states  # seeded sampler, CPU-deterministic training
+    assert all(t.intermediate_values for t in study.trials)  # val_loss reported every epoch
+    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    (parent,) = [r for r in runs if "rnnlab.trial" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["rnnlab.trial"]) for r in children) == list(range(6))
+    assert all(r.data.tags["rnnlab.study"] == study.study_name for r in children)
+    pruned = {t.number for t in study.trials if t.state == TrialState.PRUNED}
+    assert {int(r.data.tags["rnnlab.trial"]) for r in children if r.info.status == "KILLED"} == pruned
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_val_loss"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best.cell"] == study.best_params["cell"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"optimization_results.yaml", "importance.csv", "history_val_loss.png", "importance_val_loss.png"} <= artifacts
+
+
+@pytest.mark.slow
+def test_a_nan_trial_and_a_raising_trial_do_not_stop_the_sweep(workdir):
+    # lr=1e30 diverges (NaN loss); hidden_size=10^6 raises (16 TB of weights cannot be allocated).
+    args = [*SWEEP, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0.75",
+            "train.lr=choice(1e30,0.002)", "hidden_size=choice(8,1000000)"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_params = {(t.params["train.lr"], t.params["hidden_size"]): t for t in load(workdir).trials}
+    assert len(by_params) == 4
+    assert by_params[(0.002, 8)].state == TrialState.COMPLETE
+    nan = by_params[(1e30, 8)]
+    assert nan.state == TrialState.FAIL and "non-finite loss" in nan.user_attrs[sweep.FAIL_REASON]
+    for lr in (1e30, 0.002):
+        oom = by_params[(lr, 1000000)]
+        assert oom.state == TrialState.FAIL and "RuntimeError" in oom.user_attrs[sweep.FAIL_REASON]
+
+
+@pytest.mark.slow
+def test_too_many_failures_stop_the_sweep_with_one_line(workdir):
+    args = [*SWEEP, "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0", "train.lr=choice(1e30)"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 1
+    line = next(x for x in result.stderr.splitlines() if x.startswith("rnnlab: error:"))
+    assert line.startswith("rnnlab: error: 1 trials failed, more than max_failure_rate=0.0 of n_trials=4; the last: ")
+    assert "non-finite loss" in line
+    assert len(load(workdir).trials) == 1
+
+
+def _two_workers(workdir: Path, extra: list[str], url: str | None) -> optuna.Study:
+    name = f"two-{uuid.uuid4().hex[:8]}"
+    args = [*SWEEP, "hydra.sweeper.n_trials=4", f"hydra.sweeper.study_name={name}",
+            "train.lr=tag(log,interval(1e-4,1e-2))", *extra]
+    workers = [start(args, workdir) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=240)
+        assert w.returncode == 0 and "Traceback" not in err and "warning" not in err, err[-3000:]
+    study = load(workdir, name, url)
+    assert_no_duplicates(study)
+    # The count is checked before each ask, RUNNING trials included: only two asks racing
+    # between one worker's count and the other's ask can overshoot, by at most workers - 1.
+    assert 4 <= len(study.trials) <= 5
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    return study
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_in_the_default_journal_file(workdir):
+    _two_workers(workdir, [], None)
+
+
+@pytest.mark.slow
+def test_parallel_trials_report_to_the_study_and_get_their_share_of_the_cores(workdir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install 'rnnlab[parallel]'")
+    args = [*SWEEP, "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.threads_per_trial=0", "train.lr=tag(log,interval(1e-4,1e-2))"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(workdir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 2 for t in study.trials)  # reported from the worker processes
+    cores = len(os.sched_getaffinity(0))
+    for config in (workdir / "outputs" / "multirun").rglob("config.yaml"):
+        assert f"threads: {max(1, cores // 2)}" in config.read_text()
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "the psycopg driver is not installed (pip install 'rnnlab[postgres]')"
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        return "no PostgreSQL on 127.0.0.1:5432"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_postgres_reachable() is not None, reason=str(_postgres_reachable()))
+def test_two_workers_share_one_study_in_postgresql(workdir):
+    study = _two_workers(workdir, [f"hydra.sweeper.storage={POSTGRES}"], POSTGRES)
+    optuna.delete_study(study_name=study.study_name, storage=POSTGRES)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_the_other_finishes(workdir):
+    name = "killed"
+    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=3", f"hydra.sweeper.study_name={name}",
+            "train.epochs=3", "train.steps_per_epoch=40", "train.lr=tag(log,interval(1e-4,1e-2))"]
+    a, b = start(args, workdir), start(args, workdir)
+    journal = workdir / sweep.DEFAULT_STORAGE
+
+    def a_is_mid_trial() -> bool:
+        if not journal.exists():
+            return False
+        running = load(workdir, name).get_trials(states=(TrialState.RUNNING,))
+        return any(t.system_attrs.get(sweep.WORKER, "").endswith(f":{a.pid}") for t in running)
+
+    wait_for(a_is_mid_trial, 120, "worker A to start a trial")
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    _, err = b.communicate(timeout=240)
+    assert b.returncode == 0, err[-3000:]
+    study = load(workdir, name)
+    assert_no_duplicates(study)
+    (killed,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert "no heartbeat" in killed.user_attrs[sweep.FAIL_REASON] and str(a.pid) in killed.user_attrs[sweep.FAIL_REASON]
+    (retry,) = [t for t in study.trials if t.user_attrs.get(sweep.RETRY_OF) == killed.number]
+    assert retry.params == killed.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert sweep.count(study) == sweep.Counts(done=3, failed=0, running=0, waiting=0)
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_to_n_trials_when_run_again(workdir):
+    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=3", "train.epochs=3", "train.steps_per_epoch=40",
+            "train.lr=tag(log,interval(1e-4,1e-2))"]
+    first = start(args, workdir)
+    wait_for(lambda: (workdir / sweep.DEFAULT_STORAGE).exists() and sweep.count(load(workdir)).done >= 1,
+             120, "a finished trial")
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    first.communicate(timeout=60)
+    assert first.returncode != 0
+    interrupted = sweep.count(load(workdir)).done
+    assert interrupted < 3
+    result = run_cli(args, workdir)  # the same command: the same study
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{interrupted} of 3 trials done" in result.stderr
+    study = load(workdir)
+    assert sweep.count(study) == sweep.Counts(done=3, failed=0, running=0, waiting=0)
+    assert_no_duplicates(study)
+
+
+@pytest.mark.slow
+def test_bad_sweep_input_is_one_line_before_any_trial_and_leaves_the_study_alone(workdir):
+    journal = workdir / "outputs" / "optuna.journal"
+    storage = sweep.open_storage(str(journal))
+    study = sweep.load_or_create_study(storage, "kept", ["minimize"], {})
+    study.enqueue_trial({"x": 1})
+    before = journal.read_bytes()
+    common = [*SWEEP, "hydra.sweeper.study_name=kept", "hydra.sweeper.n_trials=2"]
+    cases = [
+        (["train.lr=interval(1e-2,1e-4)"], "rnnlab: error: train.lr=interval(0.01,0.0001): low > high"),
+        (["train.lr=tag(log,interval(0,1e-2))"], "rnnlab: error: train.lr: log scale needs bounds > 0 (got interval(0.0,0.01))"),
+        (["nokey=interval(0,1)"], "rnnlab: error: nokey is not a key of the config (see python -m rnnlab --cfg job)"),
+        (["cell=choice(lstm,rnn)", "cell.forget_bias=interval(0,2)"],
+         "rnnlab: error: cell.forget_bias is not a key of the config when cell=rnn (see python -m rnnlab --cfg job)"),
+        (["hidden_size=choice()"], "rnnlab: error: Error parsing override 'hidden_size=choice()' ValueError while evaluating 'choice()': empty choice is not legal"),
+        (["dropout=interval(0,1)"], "rnnlab: error: dropout=1.0 is out of range (allowed: >= 0 and < 1) (in the search space at dropout=1.0)"),
+        (["train.lr=interval(1e-4,1e-2)"], "rnnlab: error: study 'kept' exists with another search space (differs in train.lr): "
+         "re-run its own command to resume it, or use a new hydra.sweeper.study_name"),
+        (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:9/none"], "rnnlab: error: storage='postgresql://nobody@127.0.0.1:9/none' cannot be used: "),
+    ]
+    for extra, message in cases:
+        result = run_cli([*common, *extra], workdir)
+        assert result.returncode == 2, (extra, result.stderr[-2000:])
+        assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert journal.read_bytes() == before
+    assert not (workdir / "outputs" / "multirun").exists() or not any((workdir / "outputs" / "multirun").rglob("config.yaml"))
