@@ -222,12 +222,9 @@ class Sender:
         self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
         run_id: str | None = None, spool: str | None = None,
     ) -> None:
-        import logging
-
         from mlflow.tracking import MlflowClient
 
-        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." is noise
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_mlflow()
         self.uri = uri
         self.client = MlflowClient(uri)
         self.spool = Path(spool) if spool else None
@@ -356,6 +353,16 @@ class NullTracker:
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> None: ...
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines ("Creating initial MLflow database tables...") are noise here."""
+    import logging
+
+    import mlflow  # noqa: F401  (it configures its loggers on import; override after)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _send(client: Any, run_id: str, kind: str, payload: Any) -> None:
     """One unit of queued work, as one MLflow call."""
     from mlflow.entities import Metric, Param, RunTag
@@ -426,7 +433,12 @@ def find_run(client: Any, run_key: str) -> str | None:
 
 
 def run_key_of(uri: str, run_id: str) -> str | None:
-    """The trainer's key of an MLflow run (to find its checkpoint), or None."""
+    """The trainer's key of an MLflow run (to find its checkpoint), or None. Never creates a
+    store: asking about a run in a store that does not exist yet answers None."""
+    store = local_store_dir(uri)
+    if store is not None and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     try:

@@ -1,0 +1,85 @@
+"""What the gradient probe costs: the default model's training step with the probe off, on
+every step, and on every 10th step (at full time resolution and at every k-th step), for a
+fused cell (lstm, cuDNN-style kernel) and a loop cell (peephole, hand-written BPTT).
+
+One process, rnnlab's allocator setting, the variants interleaved round by round; each
+variant's cost is the mean step time over blocks of 10 steps (so "every 10" includes its one
+probed step), median over rounds, as a ratio to probe-off measured in the same round.
+
+    python experiments/benchmarks/probe.py [--rounds 5] [--blocks 3] [--k 8]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rnnlab import runtime
+from rnnlab.config import TrainConfig
+from rnnlab.model import StackedRNN
+from rnnlab.probe import Probe
+from rnnlab.train import forward_truncated, make_optimizer
+
+
+def step_time(cell: str, every: int, resolution: int, blocks: int, x, y) -> float:
+    torch.manual_seed(0)
+    model = StackedRNN(cell, x.size(2), 64, depth=4)  # the default run: 4 x 64, lookback 48
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    probe = Probe(every, resolution) if every else None
+
+    def step(n: int) -> None:
+        if probe is not None and probe.due(n):
+            out, _ = probe.forward(model, x, None, False, 0)
+        else:
+            out = forward_truncated(model, x, 0)
+        loss = F.mse_loss(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if probe is not None and probe.due(n):
+            probe.record(model, n, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    for n in range(1, 4):
+        step(n)
+    started = time.perf_counter()
+    for n in range(1, 10 * blocks + 1):
+        step(n)
+    return (time.perf_counter() - started) / (10 * blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--k", type=int, default=8, help="the coarser time resolution")
+    args = parser.parse_args()
+    runtime.tune_allocator()
+    x, y = torch.randn(64, 48, 10), torch.randn(64, 1)
+    variants = [("off", 0, 1), ("every step, all t", 1, 1), ("every 10, all t", 10, 1), (f"every 10, every {args.k}th t", 10, args.k)]
+    rows = []
+    for cell in ("lstm", "peephole"):
+        ratios: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        millis: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        for _ in range(args.rounds):
+            base = None
+            for name, every, resolution in variants:
+                seconds = step_time(cell, every, resolution, args.blocks, x, y)
+                base = seconds if base is None else base
+                ratios[name].append(seconds / base)
+                millis[name].append(seconds * 1e3)
+        for name, _, _ in variants:
+            rows.append((cell, name, statistics.median(millis[name]), statistics.median(ratios[name])))
+    print(f"probe cost: 4x64 model, T=48, B=64, {args.rounds} rounds x {10 * args.blocks} steps, medians")
+    print(f"{'cell':<10}{'probe':<24}{'ms/step':>9}{'x off':>8}")
+    for cell, name, ms, ratio in rows:
+        print(f"{cell:<10}{name:<24}{ms:>9.1f}{ratio:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Vanishing gradients on the adding problem (../../../shared/spec/REPRODUCTIONS.md R1, R2).
+
+rnn (tanh), lstm, gru and indrnn, depth 1 and 4, the same budget for each, on the adding
+problem (Le et al. 2015 form). The gradient probe records ||dL/dh^l_t|| through training;
+rnnlab.compare overlays the decay curves and this script adds the test MSE against the
+trivial baseline (always 1: MSE ~0.167).
+
+    python experiments/vanishing/run.py                 # the README's result: T = 100
+    python experiments/vanishing/run.py --length 30 --epochs 2 --steps 20 --out /tmp/v   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--length", type=int, default=100, help="T of the adding problem")
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=150, help="optimiser steps per epoch")
+    parser.add_argument("--cells", default="rnn,lstm,gru,indrnn")
+    parser.add_argument("--depths", default="1,4")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "result")
+    args = parser.parse_args(argv)
+    experiment = f"vanishing-T{args.length}"
+    store = f"sqlite:///{args.out.resolve()}/mlflow.db"
+    args.out.mkdir(parents=True, exist_ok=True)
+    common = [
+        f"cell={args.cells}", f"depth={args.depths}", "data=adding", f"data.length={args.length}",
+        "hidden_size=64", "train.lr=1e-3", "train.batch_size=64", f"train.epochs={args.epochs}",
+        f"train.steps_per_epoch={args.steps}", "train.patience=0", "probe.every=50",
+        f"tracking.uri={store}", f"tracking.experiment={experiment}", "quiet=true",
+        f"hydra.sweep.dir={args.out.resolve()}/jobs",
+    ]
+    subprocess.run([sys.executable, "-m", "rnnlab", "-m", *common], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "rnnlab.compare", "--uri", store, "--experiment", experiment,
+                    "--out", str(args.out)], check=True)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    print(f"\n{'run':<18}{'test MSE':>10}{'baseline':>10}{'vanishing, layer 1':>20}")
+    for run in sorted(runs, key=lambda r: (r.data.params["cell"], int(r.data.params["depth"]))):
+        m = run.data.metrics
+        print(f"{run.info.run_name:<18}{m['test_loss']:>10.4f}{m['baseline_loss']:>10.4f}{m.get('vanishing/l0', float('nan')):>20.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
