@@ -322,3 +322,14 @@ def test_jena_loader_drops_repeated_stamps_and_the_wind_sentinel(tmp_path):
     assert full.values[1, s.columns.index("wv (m/s)")] == 0.0
     with pytest.raises(DataError, match=r"jena.csv line 3, column 'p \(mbar\)': 'x' is not a finite number"):
         load_jena(str(write(tmp_path, "\n".join([header, rows[0], rows[1].replace("996.5", "x")]) + "\n", "jena.csv")))
+
+
+def test_csv_size_limit_and_truncated_last_line_are_one_line_errors(tmp_path):
+    big = write(tmp_path, GOOD * 50, "big.csv")
+    with pytest.raises(DataError, match=r"data.path='.*big.csv': 0.0 MB is larger than data.max_mb=1e-05"):
+        load_csv(big, "time", "temp", max_mb=1e-5)
+    torn = write(tmp_path, GOOD + "2024-01-01 03:00,4.5", "torn.csv")  # the writer died mid-line
+    with pytest.raises(DataError, match=r"torn.csv line 5: 2 field\(s\), the header has 3 \(a truncated line\?\)"):
+        load_csv(torn, "time", "temp")
+    with pytest.raises(DataError, match=r"line 5: 2 field\(s\)"):  # even with a fill policy chosen
+        load_csv(torn, "time", "temp", missing="ffill")

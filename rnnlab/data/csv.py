@@ -29,15 +29,27 @@ def load_csv(
     features: list[str] | None = None,
     id_column: str | None = None,
     missing: Literal["error", "ffill"] = "error",
+    max_mb: float = 2048.0,
 ) -> Series:
     """Rows are time steps; ``features`` default to every column but the time and id columns.
 
-    A ``.parquet`` file is read as Parquet, anything else as UTF-8 CSV."""
-    table, where = read_table(path)
+    A ``.parquet`` file is read as Parquet, anything else as UTF-8 CSV. A file larger than
+    ``max_mb`` is refused before it is read (it would be held in memory as text)."""
+    table, where = read_table(path, max_mb)
     return table_to_series(table, where, time_column, target, features, id_column, missing)
 
 
-def read_table(path: str) -> tuple[object, Callable[[int | None], str]]:
+def _last_line_fields(file: Path) -> int:
+    """Fields on the file's last non-empty line (a writer killed mid-line leaves it short)."""
+    import csv
+
+    with open(file, "rb") as f:
+        f.seek(max(file.stat().st_size - 65536, 0))
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    return len(next(csv.reader([lines[-1].decode("utf-8", errors="replace")]))) if lines else 0
+
+
+def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int | None], str]]:
     """The file as a table of text cells, and ``where``: how an error names the file
     (``where(None)``) or a row (``where(row)``, the row's index label)."""
     import pandas as pd  # here: a 0.3 s import that only file-backed runs need
@@ -48,6 +60,8 @@ def read_table(path: str) -> tuple[object, Callable[[int | None], str]]:
         raise DataError(f"{name}: no such file")
     if file.stat().st_size == 0:
         raise DataError(f"{name}: the file is empty")
+    if file.stat().st_size > max_mb * 2**20:
+        raise DataError(f"{name}: {file.stat().st_size / 2**20:.1f} MB is larger than data.max_mb={max_mb:g}")
     if file.suffix.lower() in (".parquet", ".pq"):
         try:
             table = pd.read_parquet(file)
@@ -63,6 +77,10 @@ def read_table(path: str) -> tuple[object, Callable[[int | None], str]]:
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise DataError(f"{name}: not a readable CSV ({' '.join(str(e).split())})") from None
         unit, first = "line", 2  # the header is line 1
+        fields = _last_line_fields(file)  # pandas pads a short line with "": look at the text
+        if fields < table.shape[1]:
+            raise DataError(f"{file.name} line {len(table) + 1}: {fields} field(s), the header has "
+                            f"{table.shape[1]} (a truncated line?)")
     if len(table) == 0:
         raise DataError(f"{name}: a header but no rows")
     return table, lambda row: file.name if row is None else f"{file.name} {unit} {row + first}"
