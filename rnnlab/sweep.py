@@ -89,12 +89,15 @@ def open_storage(url: str | None, *, repair: bool = False) -> Any:
     if url.startswith(("postgresql", "mysql")):  # fail in seconds, not after a TCP timeout
         engine = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True}
     last: Exception | None = None
-    for attempt in range(3):  # workers starting at once race to create the tables
+    # Workers starting at once on a fresh database race to create Optuna's schema: the loser
+    # sees "table ... already exists" (PostgreSQL, SQLite) or a duplicate alembic_version row
+    # (MySQL/MariaDB). It waits for the winner and opens the finished schema.
+    for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine)
         except Exception as e:
             last = e
-            if "already exists" not in str(e):
+            if not any(sign in str(e) for sign in ("already exists", "Duplicate entry", "duplicate key")):
                 break
             time.sleep(0.5 * (attempt + 1))
     why = _one_line(last).split(" (Background on this error")[0]

@@ -420,3 +420,58 @@ def test_bad_sweep_input_is_one_line_before_any_trial_and_leaves_the_study_alone
         assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert journal.read_bytes() == before
     assert not (workdir / "outputs" / "multirun").exists() or not any((workdir / "outputs" / "multirun").rglob("config.yaml"))
+
+
+@pytest.mark.slow
+def test_a_custom_search_space_function_adds_its_parameters_to_every_trial(workdir):
+    # The old plugin's custom_search_space: "module.fn", fn(cfg, trial) suggests more params.
+    (workdir / "my_space.py").write_text(
+        "def extra(cfg, trial):\n"
+        "    trial.suggest_float('train.momentum', 0.5, 0.95)\n"
+        "    trial.suggest_categorical('dropout', [0.0, 0.1])\n"
+    )
+    args = [*SWEEP, "hydra.sweeper.n_trials=2", "train.lr=tag(log,interval(1e-4,1e-2))",
+            "hydra.sweeper.custom_search_space=my_space.extra", "train.optimizer=sgd"]
+    result = run_cli(args, workdir, env={"PYTHONPATH": str(workdir) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(workdir)
+    assert len(study.trials) == 2
+    for trial in study.trials:
+        assert set(trial.params) == {"train.lr", "train.momentum", "dropout"}
+        assert 0.5 <= trial.params["train.momentum"] <= 0.95 and trial.params["dropout"] in (0.0, 0.1)
+    configs = [p.read_text() for p in (workdir / "outputs" / "multirun").rglob("config.yaml")]
+    momenta = {round(t.params["train.momentum"], 6) for t in study.trials}
+    assert any(f"momentum: {m}" in c for c in configs for m in momenta)  # the job ran with the suggested value
+
+
+MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+
+def _mysql_reachable() -> str | None:
+    try:
+        import pymysql  # noqa: F401
+    except ImportError:
+        return "the PyMySQL driver is not installed (pip install 'rnnlab[mysql]')"
+    try:
+        socket.create_connection(("127.0.0.1", 3306), timeout=1).close()
+    except OSError:
+        return "no MySQL/MariaDB on 127.0.0.1:3306"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_mysql_reachable() is not None, reason=str(_mysql_reachable()))
+def test_two_workers_share_one_study_in_mysql(workdir):
+    # A database of its own, empty: both workers start on a fresh schema, as on a new cluster
+    # (they race to create Optuna's tables; MariaDB reports the loser as a duplicate row).
+    import pymysql
+
+    name = f"rnnlab_{uuid.uuid4().hex[:8]}"
+    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+    connection.cursor().execute(f"CREATE DATABASE {name}")
+    url = MYSQL.replace("/test", f"/{name}")
+    try:
+        _two_workers(workdir, [f"hydra.sweeper.storage={url}"], url)
+    finally:
+        connection.cursor().execute(f"DROP DATABASE {name}")
+        connection.close()
