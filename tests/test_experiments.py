@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_vanishing_small_version_shows_the_tanh_rnn_gradient_dying_faster(tmp_path):
-    args = ["--length", "30", "--epochs", "1", "--steps", "10", "--cells", "rnn,lstm,gru,indrnn",
+    args = ["--length", "30", "--epochs", "1", "--steps", "10", "--probe-every", "5", "--cells", "rnn,lstm,gru,indrnn",
             "--depths", "1", "--out", str(tmp_path)]
     result = subprocess.run([sys.executable, str(ROOT / "experiments" / "vanishing" / "run.py"), *args],
                             cwd=tmp_path, capture_output=True, text=True, timeout=900)

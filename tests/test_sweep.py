@@ -475,3 +475,15 @@ def test_two_workers_share_one_study_in_mysql(workdir):
     finally:
         connection.cursor().execute(f"DROP DATABASE {name}")
         connection.close()
+
+
+@pytest.mark.slow
+def test_a_cma_es_sweep_runs_end_to_end(workdir):
+    pytest.importorskip("cmaes", reason="pip install 'rnnlab[cmaes]'")
+    args = [*SWEEP, "hydra/sweeper/sampler=cmaes", "hydra.sweeper.n_trials=3",
+            "train.lr=tag(log,interval(1e-4,1e-2))", "dropout=interval(0,0.3)"]
+    result = run_cli(args, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(workdir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert all(1e-4 <= t.params["train.lr"] <= 1e-2 and 0 <= t.params["dropout"] <= 0.3 for t in study.trials)

@@ -6,7 +6,7 @@ rnnlab.compare overlays the decay curves and this script adds the test MSE again
 trivial baseline (always 1: MSE ~0.167).
 
     python experiments/vanishing/run.py                 # the README's result: T = 100
-    python experiments/vanishing/run.py --length 30 --epochs 2 --steps 20 --out /tmp/v   # a quick look
+    python experiments/vanishing/run.py --length 30 --epochs 1 --steps 10 --probe-every 5 --out /tmp/v   # a quick look
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=100, help="T of the adding problem")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per epoch")
+    parser.add_argument("--probe-every", type=int, default=50, help="optimiser steps between gradient probes")
     parser.add_argument("--cells", default="rnn,lstm,gru,indrnn")
     parser.add_argument("--depths", default="1,4")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "result")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"cell={args.cells}", f"depth={args.depths}", "data=adding", f"data.length={args.length}",
         "hidden_size=64", "train.lr=1e-3", "train.batch_size=64", f"train.epochs={args.epochs}",
-        f"train.steps_per_epoch={args.steps}", "train.patience=0", "probe.every=50",
+        f"train.steps_per_epoch={args.steps}", "train.patience=0", f"probe.every={args.probe_every}", "probe.resolution=1",
         f"tracking.uri={store}", f"tracking.experiment={experiment}", "quiet=true",
         f"hydra.sweep.dir={args.out.resolve()}/jobs",
     ]
