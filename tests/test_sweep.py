@@ -327,16 +327,21 @@ def test_parallel_trials_report_to_the_study_and_get_their_share_of_the_cores(wo
         assert f"threads: {max(1, cores // 2)}" in config.read_text()
 
 
-def _postgres_reachable() -> str | None:
+def _reachable(driver: str, port: int, extra: str, server: str) -> str | None:
+    """None if the database server answers on loopback and its driver imports, else why not."""
     try:
-        import psycopg  # noqa: F401
+        __import__(driver)
     except ImportError:
-        return "the psycopg driver is not installed (pip install 'rnnlab[postgres]')"
+        return f"the {driver} driver is not installed (pip install 'rnnlab[{extra}]')"
     try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
-        return "no PostgreSQL on 127.0.0.1:5432"
+        return f"no {server} on 127.0.0.1:{port}"
     return None
+
+
+def _postgres_reachable() -> str | None:
+    return _reachable("psycopg", 5432, "postgres", "PostgreSQL")
 
 
 @pytest.mark.slow
@@ -448,15 +453,7 @@ MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
 
 
 def _mysql_reachable() -> str | None:
-    try:
-        import pymysql  # noqa: F401
-    except ImportError:
-        return "the PyMySQL driver is not installed (pip install 'rnnlab[mysql]')"
-    try:
-        socket.create_connection(("127.0.0.1", 3306), timeout=1).close()
-    except OSError:
-        return "no MySQL/MariaDB on 127.0.0.1:3306"
-    return None
+    return _reachable("pymysql", 3306, "mysql", "MySQL/MariaDB")
 
 
 @pytest.mark.slow
