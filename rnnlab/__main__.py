@@ -328,7 +328,13 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     probe = Probe(config.probe.every, config.probe.resolution) if config.probe.every and recurrent else None
 
     stop = runtime.StopOnSignal()
-    status, exit_code, last_state = "FAILED", 0, []
+    status, exit_code = "FAILED", 0
+    last_state: list[TrainState] = []  # the latest saved state, to mark it finished at the end
+
+    def save_latest(train_state: TrainState) -> None:
+        last_state[:] = [train_state]
+        save(train_state)
+
     readout = model.layers[0]  # an echo state network's head is solved, not trained
     closed_form = getattr(readout, "readout", None) == "ridge"
     try:
@@ -336,7 +342,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             if closed_form else train(
             model, data, config.train, truncation=config.truncation, seed=config.seed,
             device=device, log=tracker.log_metrics, progress=progress, resume=state,
-            save=lambda s: (last_state[:1].clear() or last_state.append(s), save(s)),
+            save=save_latest,
             stop_requested=stop.requested, probe=probe, on_epoch_end=trial.on_epoch_end,
             on_probe=lambda record: tracker.log_metrics(summary_metrics(record), record.step),
         )
@@ -347,7 +353,8 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         if forecast:
             test_mse = scores["loss"]
             truth = data.targets("test")
-            baselines = {name: float(np.mean((p - truth) ** 2)) for name, p in data.baselines("test").items()}
+            naive = data.baselines("test")  # predictions of the naive forecasts
+            baselines = {name: float(np.mean((p - truth) ** 2)) for name, p in naive.items()}
             final.update({
                 "test_mse": test_mse,
                 "test_rmse": float(np.sqrt(test_mse) * data.std[0]),  # in the target's own units
@@ -371,7 +378,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             model_pred = predict(model, data, "test", config.train.eval_batch_size, device)[stretch]
             plot_predictions(
                 axis, data.unscale(truth[stretch]),
-                {run_name: data.unscale(model_pred), "persistence": data.unscale(data.baselines("test")["persistence"][stretch])},
+                {run_name: data.unscale(model_pred), "persistence": data.unscale(naive["persistence"][stretch])},
                 output_dir / "predictions.png", f"{data.columns[0]}: test split, first {stretch.stop} windows",
             )
             artifacts.append("predictions.png")

@@ -11,7 +11,6 @@ probed step), median over rounds, as a ratio to probe-off measured in the same r
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
