@@ -12,6 +12,10 @@ projection x W_ih^T + b is done outside, by autograd, for all steps at once).
     backward:  for t = T-1 … 0: dh, dc ──► da[t] (pre-activations) ──► dh_{t-1} = da[t] W_hh
                dW_hh = Σ_t da[t]^T h_{t-1}  (one matmul),  dxp = da
 
+``dh_out``: a (T, B, H) buffer, or None. When given, backward writes into it the total
+derivative dL/dh_t of every step (the gradient from above plus the one from step t+1: the
+``dh`` the loop already forms), which is what the gradient probe reads (rnnlab/probe.py).
+
 Every function here is tested against the cell's step-by-step ``forward`` (outputs and all
 gradients, float64) and with torch.autograd.gradcheck (tests/test_cells.py).
 """
@@ -41,7 +45,7 @@ class GatedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, xp: Tensor, h0: Tensor, c0: Tensor, s0: Tensor | None, w_hh: Tensor,
-        peep: Tensor | None, w_ss: Tensor | None, cfg: tuple,
+        peep: Tensor | None, w_ss: Tensor | None, cfg: tuple, dh_out: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         flags, names, E = cfg
         T, B, _ = xp.shape
@@ -96,7 +100,7 @@ class GatedLSTM(torch.autograd.Function):
             else:
                 h_at[t + 1].copy_(out_at[t])
             s = sig[t]
-        ctx.cfg = cfg
+        ctx.cfg, ctx.dh_out = cfg, dh_out
         ctx.saved = (hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss)
         return hs[1:], cs[T], sig[T - 1]
 
@@ -130,8 +134,9 @@ class GatedLSTM(torch.autograd.Function):
         dh_next = torch.zeros_like(hs[0])
         dc = _zeros_if_none(d_c, cs[0])
         ds_next = _zeros_if_none(d_s, sig[0]) if w_ss is not None else None
+        dh_out = ctx.dh_out
         for t in reversed(range(T)):
-            dh = d_hs[t] + dh_next
+            dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             dc = torch.addcmul(dc, dh, k_c[t])
             extra = None if ds_next is None else ds_next * sd[t]  # FGR: from the next step's gates
             if o is not None:
@@ -162,14 +167,14 @@ class GatedLSTM(torch.autograd.Function):
         if w_ss is not None:
             s_prev = torch.cat([s0.unsqueeze(0), sig[:-1]])
             d_w_ss = _flat(da[:, :, : S * H]).t() @ _flat(s_prev)
-        return da, dh_next, dc, ds_next, d_w_hh, d_peep, d_w_ss, None
+        return da, dh_next, dc, ds_next, d_w_hh, d_peep, d_w_ss, None, None
 
 
 class GRUClassic(torch.autograd.Function):
     """Seed 002's GRU: gates stacked [r | z | h̃]; the reset acts before the recurrent product."""
 
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor) -> Tensor:
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor, dh_out: Tensor | None = None) -> Tensor:
         T, B, _ = xp.shape
         H = h0.size(1)
         w_rz, w_h = w_hh[: 2 * H].t(), w_hh[2 * H :].t()
@@ -183,7 +188,7 @@ class GRUClassic(torch.autograd.Function):
             torch.mul(r, hs[t], out=rh[t])
             torch.tanh(torch.addmm(x_h, rh[t], w_h), out=cand[t])
             torch.lerp(hs[t], cand[t], z, out=hs[t + 1])  # (1 - z) h + z h̃
-        ctx.saved = (hs, rz, rh, cand, w_hh)
+        ctx.saved, ctx.dh_out = (hs, rz, rh, cand, w_hh), dh_out
         return hs[1:]
 
     @staticmethod
@@ -193,8 +198,9 @@ class GRUClassic(torch.autograd.Function):
         w_rz, w_h = w_hh[: 2 * H], w_hh[2 * H :]
         da = hs.new_empty(T, B, 3 * H)
         dh_next = torch.zeros_like(hs[0])
+        dh_out = ctx.dh_out
         for t in reversed(range(T)):
-            dh = d_hs[t] + dh_next
+            dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             r, z = rz[t].split(H, 1)
             n, h_prev = cand[t], hs[t]
             d_r, d_z, d_n = da[t].split(H, 1)
@@ -208,20 +214,20 @@ class GRUClassic(torch.autograd.Function):
             _flat(da[:, :, : 2 * H]).t() @ _flat(hs[:-1]),
             _flat(da[:, :, 2 * H :]).t() @ _flat(rh),
         ])
-        return da, dh_next, d_w_hh
+        return da, dh_next, d_w_hh, None
 
 
 class IndRNN(torch.autograd.Function):
     """h_t = relu(xp_t + u ⊙ h_{t-1}): element-wise, so the step costs two ops either way."""
 
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, h0: Tensor, u: Tensor) -> Tensor:
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, u: Tensor, dh_out: Tensor | None = None) -> Tensor:
         T, B, H = xp.shape
         hs = xp.new_empty(T + 1, B, H)
         hs[0] = h0
         for t in range(T):
             torch.addcmul(xp[t], u, hs[t], out=hs[t + 1]).relu_()
-        ctx.saved = (hs, u)
+        ctx.saved, ctx.dh_out = (hs, u), dh_out
         return hs[1:]
 
     @staticmethod
@@ -229,7 +235,9 @@ class IndRNN(torch.autograd.Function):
         hs, u = ctx.saved
         da = torch.empty_like(hs[1:])
         dh_next = torch.zeros_like(hs[0])
+        dh_out = ctx.dh_out
         for t in reversed(range(da.size(0))):
-            torch.mul(d_hs[t] + dh_next, hs[t + 1] > 0, out=da[t])  # relu' = 1 where h_t > 0
+            dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
+            torch.mul(dh, hs[t + 1] > 0, out=da[t])  # relu' = 1 where h_t > 0
             dh_next = da[t] * u
-        return da, dh_next, (da * hs[:-1]).sum((0, 1))
+        return da, dh_next, (da * hs[:-1]).sum((0, 1)), None

@@ -4,7 +4,7 @@ Every cell is an ``nn.Module`` with
 
     forward(x_t, state) -> (h_t, state)     one step; x_t (B, I), h_t (B, H), state a tuple of tensors
     init_state(batch, like) -> state         zeros, on the device and dtype of ``like``
-    scan(x, state) -> (outputs, state)       a whole (B, T, I) sequence; outputs (B, T, H)
+    scan(x, state, tap=None) -> (outputs, state)   a whole (B, T, I) sequence; outputs (B, T, H)
 
 so that the stack, the training loop and the gradient probe never branch on the cell type.
 ``forward`` is the readable reference: the gate math of ../shared/spec/CELLS.md in plain view.
@@ -17,10 +17,17 @@ so that the stack, the training loop and the gradient probe never branch on the 
 - transformer: masked attention over the whole sequence at once.
 
 ``step_scan`` (the step loop over ``forward``) computes the same function for every cell, with
-every h_t a node of the autograd graph: the gradient probe uses it.
+every h_t a node of the autograd graph.
+
+``tap``: a (T, B, H) buffer, or None. When given, the backward pass writes into it the total
+derivative dL/dh_t of every step, on every path (up through the layers above and back through
+time): what the gradient probe measures. The hand-written backwards hold it in hand; the step
+loop reads it with a hook on each h_t; the fused lstm runs the hand-written LSTM backward
+(the same function: its gates reordered) instead of the kernel, whose time path is hidden.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -34,14 +41,25 @@ from rnnlab import bptt
 State = tuple[Tensor, ...]
 
 
-def step_scan(cell: "Cell", x: Tensor, state: State) -> tuple[Tensor, State]:
+def step_scan(cell: "Cell", x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
     """Run ``cell`` one step at a time over x (B, T, I): the reference path for every cell."""
     outputs = []
     # unbind, not x[:, t]: each select's backward would allocate the whole of x (O(T^2)).
     for x_t in x.unbind(1):
         h_t, state = cell(x_t, state)
         outputs.append(h_t)
+    if tap is not None:
+        # A hook on a non-leaf tensor gets its gradient summed over every use: here the
+        # output (to the layer above) and the next step's state, i.e. the total dL/dh_t.
+        for h_t, into in zip(outputs, tap.unbind(0)):
+            if h_t.requires_grad:  # not in a frozen reservoir
+                h_t.register_hook(functools.partial(_write, into))
     return torch.stack(outputs, 1), state
+
+
+def _write(into: Tensor, grad: Tensor) -> None:
+    """A gradient hook that copies the gradient out (returning None leaves it unchanged)."""
+    into.copy_(grad)
 
 
 def _choice(key: str, value: object, allowed: tuple) -> None:
@@ -64,8 +82,8 @@ class Cell(nn.Module):
     def init_state(self, batch: int, like: Tensor) -> State:
         return tuple(like.new_zeros(batch, self.hidden_size) for _ in range(self.n_states))
 
-    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return step_scan(self, x, state)
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+        return step_scan(self, x, state, tap)
 
 
 # ------------------------------------------------------------------------------ initialisation
@@ -158,7 +176,9 @@ class _Fused(Cell):
     def bias_hh(self) -> Tensor:
         return self.fused.bias_hh_l0
 
-    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+        if tap is not None:  # the kernel hides the path through time: run the step loop
+            return step_scan(self, x, state, tap)
         hx = tuple(s.unsqueeze(0) for s in state)  # fused kernels want (layers, B, H)
         outputs, hn = self.fused(x, hx if len(hx) > 1 else hx[0])
         hn = hn if isinstance(hn, tuple) else (hn,)
@@ -217,6 +237,18 @@ class LSTM(_Fused):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
+
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+        if tap is None:
+            return super().scan(x, state)
+        # The same LSTM through the hand-written backward, which has every dL/dh_t in hand
+        # (2-3x cheaper than the step loop). It stacks gates i, f, o | g; PyTorch i, f, g, o.
+        H = self.hidden_size
+        order = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)]).to(x.device)
+        return _gated_scan(
+            x, state, self.weight_ih[order], (self.bias_ih + self.bias_hh)[order], self.weight_hh[order],
+            None, None, (frozenset({"NP"}), ("i", "f", "o"), 2), tap,
+        )
 
 
 class GRU(_Fused):
@@ -328,15 +360,26 @@ class _GatedLSTM(Cell):
     def init_state(self, batch: int, like: Tensor) -> State:
         return tuple(like.new_zeros(batch, self.hidden_size) for _ in range(self.n_states))
 
-    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        h0, c0, *s0 = state
-        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, G*H): one matmul for all t
-        hs, c, s = bptt.GatedLSTM.apply(
-            xp, h0, c0, torch.cat(s0, 1) if s0 else None, self.weight_hh, self.peephole, self.weight_ss,
-            (self.flags, tuple(self.sigmoid_gates), self.n_early),
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+        return _gated_scan(
+            x, state, self.weight_ih, self.bias, self.weight_hh, self.peephole, self.weight_ss,
+            (self.flags, tuple(self.sigmoid_gates), self.n_early), tap,
         )
-        state = (hs[-1], c, *(s.chunk(len(self.sigmoid_gates), 1) if s0 else ()))
-        return hs.transpose(0, 1), state
+
+
+def _gated_scan(
+    x: Tensor, state: State, weight_ih: Tensor, bias: Tensor, weight_hh: Tensor,
+    peephole: Tensor | None, weight_ss: Tensor | None, cfg: tuple, tap: Tensor | None,
+) -> tuple[Tensor, State]:
+    """An LSTM-family layer over x (B, T, I) through bptt.GatedLSTM (cfg: flags, sigmoid gate
+    names, how many read c_{t-1})."""
+    h0, c0, *s0 = state
+    xp = F.linear(x.transpose(0, 1), weight_ih, bias)  # (T, B, G*H): one matmul for all t
+    hs, c, s = bptt.GatedLSTM.apply(
+        xp, h0, c0, torch.cat(s0, 1) if s0 else None, weight_hh, peephole, weight_ss, cfg, tap
+    )
+    state = (hs[-1], c, *(s.chunk(len(cfg[1]), 1) if s0 else ()))
+    return hs.transpose(0, 1), state
 
 
 class Peephole(_GatedLSTM):
@@ -427,9 +470,9 @@ class GRUClassic(Cell):
         h = (1 - z) * h + z * candidate
         return h, (h,)
 
-    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 3H)
-        hs = bptt.GRUClassic.apply(xp, state[0], self.weight_hh)
+        hs = bptt.GRUClassic.apply(xp, state[0], self.weight_hh, tap)
         return hs.transpose(0, 1), (hs[-1],)
 
 
@@ -469,9 +512,9 @@ class IndRNN(Cell):
         h = torch.relu(F.linear(x_t, self.weight_ih, self.bias) + self.u * h)
         return h, (h,)
 
-    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, H)
-        hs = bptt.IndRNN.apply(xp, state[0], self.u)
+        hs = bptt.IndRNN.apply(xp, state[0], self.u, tap)
         return hs.transpose(0, 1), (hs[-1],)
 
 
@@ -567,7 +610,7 @@ class Transformer(Cell):
         out, state = self.scan(x_t.unsqueeze(1), state)
         return out[:, 0], state
 
-    def scan(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         B, T, H = x.size(0), x.size(1), self.hidden_size
         x = self.embed(x)  # (B, T, H)
         q, k, v = self.qkv(self.norm1(x)).chunk(3, 2)
@@ -582,6 +625,8 @@ class Transformer(Cell):
         att = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, H))
         x = x + self.mlp(self.norm2(x))
+        if tap is not None and x.requires_grad:  # no path through time from h_t: its gradient is all from above
+            x.register_hook(functools.partial(_write, tap.transpose(0, 1)))
         return x, (k, v)
 
 

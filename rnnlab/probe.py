@@ -72,7 +72,12 @@ class Probe:
         self._T, self._offset = T, T - k
 
         def run(cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
-            return self._chunked(cell, x, state, layer, direction)
+            if self.resolution > 1:
+                return self._chunked(cell, x, state, layer, direction)
+            tap = self._taps[layer, direction] = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
+            return cell.scan(x, state, tap)
+
+        self._taps: dict[tuple[int, int], Tensor] = {}  # (layer, direction) -> dL/dh (T, B, H)
 
         features, new_state = model.features(x[:, T - k :], state, run=run)
         carried = [tuple(t.detach() for t in layer) for layer in new_state] if stream else None
@@ -105,6 +110,9 @@ class Probe:
         window = self._T - self._offset
         dh = np.full((layers, directions, self._T), np.nan)
         dh[:, :, : self._offset] = 0.0  # before the truncation window: no gradient reaches
+        for (layer, direction), tap in self._taps.items():
+            norms = tap.double().norm(dim=-1).mean(1).cpu().numpy()  # (window,)
+            dh[layer, direction, self._offset :] = norms if direction == 0 else norms[::-1]
         for index, edges in enumerate(self._edges):
             layer, direction = divmod(index, 2)
             for t, local, up, handed in edges:
@@ -124,7 +132,7 @@ class Probe:
             spectral_radius=radius, max_singular=singular,
         )
         self.records.append(record)
-        self._edges = []
+        self._edges, self._taps = [], {}
         return record
 
 
