@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,16 @@ class ProbeRecord:
     clipped: bool
     spectral_radius: np.ndarray  # (layers,) of the recurrent matrix (max over gate blocks); NaN: none
     max_singular: np.ndarray  # (layers,)
+
+    def payload(self) -> dict[str, Any]:
+        """Tensors and plain values only, so a checkpoint holding it loads with weights_only."""
+        return {
+            k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v for k, v in vars(self).items()
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "ProbeRecord":
+        return cls(**{k: v.numpy() if torch.is_tensor(v) else v for k, v in payload.items()})
 
 
 @dataclass

@@ -173,6 +173,7 @@ class TrainState:
     torch_rng: Tensor  # dropout's randomness
     cuda_rng: list[Tensor] = field(default_factory=list)
     carried: list[tuple[Tensor, ...]] | None = None  # a stream's state between chunks (char LM)
+    probes: list[dict[str, Any]] = field(default_factory=list)  # the gradient probe's records so far
 
     def payload(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -229,6 +230,8 @@ def train(
         torch.set_rng_state(resume.torch_rng)
         if resume.cuda_rng:
             torch.cuda.set_rng_state_all(resume.cuda_rng)
+        if probe is not None:  # so the run's gradient artifacts cover it from its first step
+            probe.records = [ProbeRecord.from_payload(p) for p in resume.probes]
 
     def snapshot(epoch: int, batch: int, sums: dict[str, Tensor], data_rng: dict[str, Any],
                  carried: list[State] | None = None) -> TrainState:
@@ -238,6 +241,7 @@ def train(
             data_rng=data_rng, torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             carried=[tuple(t.cpu() for t in layer) for layer in carried] if carried else None,
+            probes=[r.payload() for r in probe.records] if probe is not None else [],
         )
 
     epoch = first_epoch

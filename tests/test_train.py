@@ -121,10 +121,12 @@ def _params_hash(model) -> str:
     return h.hexdigest()
 
 
-def _run_with_stops(data, stops: list[int], tmp_path, corrupt=None):
+def _run_with_stops(data, stops: list[int], tmp_path, corrupt=None, probes=None):
     """Train, stopping after each global step in ``stops``, saving, reloading from disk
-    (weights_only) and resuming in a freshly built model; ``corrupt`` damages the saved state."""
+    (weights_only) and resuming in a freshly built model; ``corrupt`` damages the saved state.
+    ``probes``: a list that receives the gradient probe's records (probing every 4 steps)."""
     from rnnlab import checkpoint
+    from rnnlab.probe import Probe
     from rnnlab.train import Interrupted, TrainState
 
     cfg = TrainConfig(epochs=3, steps_per_epoch=12, batch_size=32, lr=5e-3)
@@ -143,9 +145,12 @@ def _run_with_stops(data, stops: list[int], tmp_path, corrupt=None):
         if state is None:
             torch.manual_seed(1)
             model = StackedRNN("lstm", 10, 8, depth=2, dropout=0.3)
+        probe = Probe(every=4) if probes is not None else None  # a new process knows no earlier probes
         try:
-            result = train(model, data, cfg, truncation=10, seed=3, resume=state,
+            result = train(model, data, cfg, truncation=10, seed=3, resume=state, probe=probe,
                            save=lambda s: checkpoint.save(s.payload(), path), stop_requested=stop_requested)
+            if probe is not None:
+                probes.extend(probe.records)
             return result, model
         except Interrupted:
             pending.pop(0)
@@ -164,6 +169,17 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(data, tmp_path):
         assert [h["val_loss"].hex() for h in other.history] == [h["val_loss"].hex() for h in straight.history]
         assert other.best_val_loss.hex() == straight.best_val_loss.hex() and other.steps == straight.steps
         assert _params_hash(other_model) == _params_hash(model)
+
+
+def test_a_resumed_run_keeps_the_probe_records_made_before_it_stopped(data, tmp_path):
+    straight, resumed = [], []
+    _run_with_stops(data, [], tmp_path, probes=straight)
+    _run_with_stops(data, [7, 17], tmp_path, probes=resumed)
+    assert [r.step for r in straight] == [4, 8, 12, 16, 20, 24, 28, 32, 36]
+    assert [r.step for r in resumed] == [r.step for r in straight]
+    for a, b in zip(resumed, straight):
+        np.testing.assert_array_equal(a.dh, b.dh)
+        assert a.weight_norms == b.weight_norms and a.grad_norm == b.grad_norm
 
 
 @pytest.mark.parametrize("skip", ["data_rng", "torch_rng"])
