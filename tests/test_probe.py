@@ -137,3 +137,34 @@ def test_summary_metrics_are_few_and_per_layer():
     metrics = summary_metrics(record)
     assert len(metrics) <= 2 + 6 * 2
     assert metrics["vanishing/l0"] == pytest.approx(np.log10(record.dh[0, 0, 0] / record.dh[0, 0, -1]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+def test_both_directions_of_a_bidirectional_stack_equal_the_autograd_reference(cell):
+    """The backward cell reads the sequence reversed; its dL/dh is stored at the time step
+    it belongs to (h←_t), so both rows share one time axis."""
+    torch.manual_seed(6)
+    model = StackedRNN(cell, 3, 5, depth=2, bidirectional=True)
+    x, y = torch.randn(4, 7, 3), torch.randn(4, 1)
+    T, inputs, forward_hs, backward_hs = x.size(1), x, [], []
+    for fwd, bwd in zip(model.layers, model.backward_layers):
+        outs = []
+        for cells, seq, keep in [(fwd, inputs, forward_hs), (bwd, inputs.flip(1), backward_hs)]:
+            state, hs = cells.init_state(4, x), []
+            for x_t in seq.unbind(1):
+                h, state = cells(x_t, state)
+                hs.append(h)
+            keep.append(hs)
+            outs.append(torch.stack(hs, 1))
+        inputs = torch.cat([outs[0], outs[1].flip(1)], 2)
+    H = 5
+    loss = F.mse_loss(model.head(torch.cat([inputs[:, -1, :H], inputs[:, 0, H:]], 1)), y)
+    flat = [h for layer in forward_hs + backward_hs for h in layer]
+    grads = torch.autograd.grad(loss, flat)
+    reference = np.zeros((2, 2, T))
+    for i, g in enumerate(grads):
+        which, t = divmod(i, T)
+        direction, layer = divmod(which, 2)
+        reference[layer, direction, t if direction == 0 else T - 1 - t] = g.norm(dim=-1).mean().item()
+    record = probed(model, x, y)
+    np.testing.assert_allclose(record.dh, reference, rtol=1e-10, atol=1e-14)
