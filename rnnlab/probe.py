@@ -150,23 +150,25 @@ class Probe:
 def weight_norms(model: nn.Module) -> dict[str, float]:
     """||dL/dW|| per layer and group (input, recurrent, bias, peephole, other), and per gate
     where a cell stacks its gates in one matrix (rows = gates x hidden)."""
-    out: dict[str, float] = {}
+    keys: list[tuple[str, str]] = []  # (layer.group, gate key or "") per entry of `squares`
+    squares: list[Tensor] = []
     cells = list(model.layers) + list(getattr(model, "backward_layers", None) or [])
     for index, cell in enumerate(cells):
         layer = f"l{index}" if index < len(model.layers) else f"l{index - len(model.layers)}b"
-        sums: dict[str, float] = {}
         for name, p in cell.named_parameters():
             if p.grad is None:
                 continue
-            group = _group(name)
-            sums[group] = sums.get(group, 0.0) + p.grad.double().pow(2).sum().item()
+            group = f"{layer}.{_group(name)}"
             gates = p.size(0) // cell.hidden_size if p.dim() >= 1 and p.size(0) % cell.hidden_size == 0 else 1
-            if gates > 1:
-                for g, block in enumerate(p.grad.double().chunk(gates, 0)):
-                    key = f"{group}.g{g}"
-                    sums[key] = sums.get(key, 0.0) + block.pow(2).sum().item()
-        out.update({f"{layer}.{k}": math.sqrt(v) for k, v in sums.items()})
-    return out
+            per_gate = p.grad.double().reshape(gates, -1).pow(2).sum(1)  # one reduction per parameter
+            squares.append(per_gate)
+            keys += [(group, f"{group}.g{g}" if gates > 1 else "") for g in range(gates)]
+    sums: dict[str, float] = {}
+    for (group, gate), value in zip(keys, torch.cat(squares).tolist() if squares else []):  # one sync
+        sums[group] = sums.get(group, 0.0) + value
+        if gate:
+            sums[gate] = sums.get(gate, 0.0) + value
+    return {k: math.sqrt(v) for k, v in sums.items()}
 
 
 def _group(name: str) -> str:
@@ -186,20 +188,32 @@ def _group(name: str) -> str:
 @torch.no_grad()
 def spectra(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """Per layer: the spectral radius and largest singular value of its recurrent matrix (the
-    largest over gate blocks; for a vector recurrence, max |u|). NaN where a cell has none."""
+    largest over gate blocks; for a vector recurrence, max |u|). NaN where a cell has none.
+
+    Every square block of every layer goes to LAPACK in one batched call for each quantity,
+    in the weights' own precision: on a probed step this is most of the probe's own cost."""
     radius = np.full(len(model.layers), np.nan)
     singular = np.full(len(model.layers), np.nan)
+    blocks, owner = [], []
     for index, cell in enumerate(model.layers):
         W = _recurrent(cell)
         if W is None:
             continue
-        W = W.detach().double().cpu()
         if W.dim() == 1:  # IndRNN: diagonal recurrence
             radius[index] = singular[index] = W.abs().max().item()
             continue
-        blocks = W.split(cell.hidden_size, 0) if W.size(0) != W.size(1) else [W]
-        radius[index] = max(torch.linalg.eigvals(b).abs().max().item() for b in blocks if b.size(0) == b.size(1))
-        singular[index] = max(torch.linalg.matrix_norm(b, ord=2).item() for b in blocks)
+        H = W.size(1)
+        for block in W.split(H, 0) if W.size(0) != H else [W]:
+            if block.size(0) == H:
+                blocks.append(block)
+                owner.append(index)
+    if blocks:
+        stacked = torch.stack(blocks).detach().cpu()
+        rho = torch.linalg.eigvals(stacked).abs().amax(-1).tolist()
+        sigma = torch.linalg.svdvals(stacked)[:, 0].tolist()
+        for index, r, s in zip(owner, rho, sigma):
+            radius[index] = max(r, np.nan_to_num(radius[index], nan=-1.0))
+            singular[index] = max(s, np.nan_to_num(singular[index], nan=-1.0))
     return radius, singular
 
 
