@@ -250,3 +250,82 @@ class IndRNN(torch.autograd.Function):
             torch.mul(dh, hs[t + 1] > 0, out=da[t])  # relu' = 1 where h_t > 0
             dh_next = da[t] * u
         return da, dh_next, (da * hs[:-1]).sum((0, 1)), None
+
+
+# The fused cells' own recurrences, run only when a probe taps them (training uses the fused
+# kernels, which are faster but keep the path through time to themselves).
+
+
+class Elman(torch.autograd.Function):
+    """h_t = act(xp_t + h_{t-1} W_hh^T), act tanh or relu (xp holds both biases)."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, dh_out: Tensor | None = None) -> Tensor:
+        T, B, H = xp.shape
+        hs = xp.new_empty(T + 1, B, H)
+        hs[0] = h0
+        w_hh_t = w_hh.t()
+        for t, (x_t, h, out) in enumerate(zip(xp.unbind(0), hs[:-1].unbind(0), hs[1:].unbind(0))):
+            a = torch.addmm(x_t, h, w_hh_t)
+            torch.clamp(a, min=0, out=out) if relu else torch.tanh(a, out=out)
+        ctx.saved, ctx.relu, ctx.dh_out = (hs, w_hh), relu, dh_out
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        hs, w_hh = ctx.saved
+        dh_out = ctx.dh_out
+        slope = (hs[1:] > 0).to(hs.dtype) if ctx.relu else 1 - hs[1:] * hs[1:]  # act'(a_t) from h_t
+        da = torch.empty_like(slope)
+        dh_next = torch.zeros_like(hs[0])
+        for t in reversed(range(da.size(0))):
+            dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
+            torch.mul(dh, slope[t], out=da[t])
+            dh_next = da[t] @ w_hh
+        return da, dh_next, _flat(da).t() @ _flat(hs[:-1]), None, None
+
+
+class GRU(torch.autograd.Function):
+    """The fused-kernel GRU: gates stacked [r | z | n]; the reset multiplies W_hn h + b_hn.
+
+        hp = h_{t-1} W_hh^T + b_hh;   r, z = σ(xp_rz + hp_rz);   n = tanh(xp_n + r ⊙ hp_n)
+        h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, dh_out: Tensor | None = None) -> Tensor:
+        T, B, _ = xp.shape
+        H = h0.size(1)
+        hs = xp.new_empty(T + 1, B, H)
+        hs[0] = h0
+        rz, n, hp_n = xp.new_empty(T, B, 2 * H), xp.new_empty(T, B, H), xp.new_empty(T, B, H)
+        w_hh_t = w_hh.t()
+        for t, x_t in enumerate(xp.unbind(0)):
+            hp = torch.addmm(b_hh, hs[t], w_hh_t)
+            x_rz, x_n = x_t.split([2 * H, H], 1)
+            torch.sigmoid(x_rz + hp[:, : 2 * H], out=rz[t])
+            hp_n[t] = hp[:, 2 * H :]
+            torch.tanh(torch.addcmul(x_n, rz[t, :, :H], hp_n[t]), out=n[t])
+            torch.lerp(n[t], hs[t], rz[t, :, H:], out=hs[t + 1])  # n + z (h - n)
+        ctx.saved, ctx.dh_out = (hs, rz, n, hp_n, w_hh), dh_out
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        hs, rz, n, hp_n, w_hh = ctx.saved
+        T, B, H = n.shape
+        dh_out = ctx.dh_out
+        r, z = rz.split(H, 2)
+        da = hs.new_empty(T, B, 3 * H)  # pre-activation gradients: r, z (shared by x and h) and x_n
+        dhp = hs.new_empty(T, B, 3 * H)  # gradient of hp = h W_hh^T + b_hh
+        dh_next = torch.zeros_like(hs[0])
+        for t in reversed(range(T)):
+            dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
+            d_r, d_z, d_n = da[t].split(H, 1)
+            torch.mul(dh * (1 - z[t]), 1 - n[t] * n[t], out=d_n)
+            torch.mul(d_n * hp_n[t], r[t] * (1 - r[t]), out=d_r)
+            torch.mul(dh * (hs[t] - n[t]), z[t] * (1 - z[t]), out=d_z)
+            dhp[t, :, : 2 * H] = da[t, :, : 2 * H]
+            torch.mul(d_n, r[t], out=dhp[t, :, 2 * H :])
+            dh_next = torch.addmm(dh * z[t], dhp[t], w_hh)
+        return da, dh_next, _flat(dhp).t() @ _flat(hs[:-1]), dhp.sum((0, 1)), None

@@ -21,9 +21,10 @@ every h_t a node of the autograd graph.
 
 ``tap``: a (T, B, H) buffer, or None. When given, the backward pass writes into it the total
 derivative dL/dh_t of every step, on every path (up through the layers above and back through
-time): what the gradient probe measures. The hand-written backwards hold it in hand; the step
-loop reads it with a hook on each h_t; the fused lstm runs the hand-written LSTM backward
-(the same function: its gates reordered) instead of the kernel, whose time path is hidden.
+time): what the gradient probe measures. The hand-written backwards hold it in hand, so a
+tapped fused cell runs its hand-written twin (bptt.Elman, bptt.GRU, and for lstm bptt.GatedLSTM
+with the gates reordered: the same function) instead of the kernel, whose time path is hidden;
+the step loop reads it with a hook on each h_t; a transformer's output has no time path.
 """
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ class _Fused(Cell):
         return self.fused.bias_hh_l0
 
     def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
-        if tap is not None:  # the kernel hides the path through time: run the step loop
+        if tap is not None:  # the kernel hides the path through time: the subclasses run their twin
             return step_scan(self, x, state, tap)
         hx = tuple(s.unsqueeze(0) for s in state)  # fused kernels want (layers, B, H)
         outputs, hn = self.fused(x, hx if len(hx) > 1 else hx[0])
@@ -210,6 +211,13 @@ class RNN(_Fused):
         (h,) = state
         h = self.activation(F.linear(x_t, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh))
         return h, (h,)
+
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+        if tap is None:
+            return super().scan(x, state)
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias_ih + self.bias_hh)  # (T, B, H)
+        hs = bptt.Elman.apply(xp, state[0], self.weight_hh, self.activation is torch.relu, tap)
+        return hs.transpose(0, 1), (hs[-1],)
 
 
 class LSTM(_Fused):
@@ -272,6 +280,13 @@ class GRU(_Fused):
         n = torch.tanh(x_n + r * h_n)
         h = (1 - z) * n + z * h
         return h, (h,)
+
+    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+        if tap is None:
+            return super().scan(x, state)
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias_ih)  # (T, B, 3H)
+        hs = bptt.GRU.apply(xp, state[0], self.weight_hh, self.bias_hh, tap)
+        return hs.transpose(0, 1), (hs[-1],)
 
 
 # ------------------------------------------------------------------------------- loop cells

@@ -9,18 +9,14 @@ units; then the mean over the batch.
 
 How, exactly, even for fused kernels. Retaining the gradient of a fused layer's output
 sequence gives only the part that flows up through the next layer: the part that flows back
-through time stays inside the kernel. So on a probed step each layer is run in chunks of
-``resolution`` steps with its own ``scan`` (the same function, whichever kernel), and two
-fresh nodes are put on each chunk's edges:
-
-    chunk j:  x[t0:t1] --scan--> out ──clone──> up (to the layer above / the head)
-                          state ──clone──> handed (to chunk j+1: back through time)
-
-At the chunk's last step t1-1, dL/dh = grad(up)[t1-1] + grad(handed): exactly the total
-derivative, whatever the cell does inside ``scan``. With resolution 1 every step is exact;
-with resolution k every k-th step is (the others are NaN: not measured). The probed step is
-the training step itself (no extra forward or backward), with truncated BPTT as training
-does it: steps before the truncation window get no gradient and read 0.
+through time stays inside the kernel. So on a probed step every layer's ``scan`` gets a *tap*,
+a (T, B, H) buffer its backward fills with the total dL/dh_t (rnnlab/cells.py): the
+hand-written backwards form that sum at every step anyway, and a fused cell runs its
+hand-written twin (the same function, tested equal) for that one step. Every step is exact,
+for one copy per step; ``resolution`` k keeps every k-th step, counted back from the window's
+last (the others are NaN: not kept). The probed step is the training step itself (no extra
+forward or backward), with truncated BPTT as training does it: steps before the truncation
+window get no gradient and read 0.
 """
 from __future__ import annotations
 
@@ -63,7 +59,7 @@ class Probe:
     """Decides which steps are probed and turns them into ProbeRecords (kept in ``records``)."""
 
     every: int  # probe every ``every`` optimiser steps; 0 = never
-    resolution: int = 1  # exact ||dL/dh_t|| at every ``resolution``-th step (1: all)
+    resolution: int = 1  # keep ||dL/dh_t|| at every ``resolution``-th step back from the last (1: all)
     records: list[ProbeRecord] = field(default_factory=list)
 
     def due(self, step: int) -> bool:
@@ -73,67 +69,36 @@ class Probe:
         self, model: nn.Module, x: Tensor, state: list[State] | None, stream: bool, truncation: int
     ) -> tuple[Tensor, list[State] | None]:
         """The training forward of a probed step, as ``rnnlab.train.forward`` does it (same
-        outputs, same gradients) with the chunk edges recorded."""
+        outputs, same gradients), every layer tapped."""
         T = x.size(1)
         k = truncation if 0 < truncation < T and not stream else T
         if k < T:
             with torch.no_grad():
                 _, state = model(x[:, : T - k])
-        self._edges: list[list[tuple[int, int, Tensor, Tensor | None]]] = []  # per (layer, direction)
         self._T, self._offset = T, T - k
+        self._taps: dict[tuple[int, int], Tensor] = {}  # (layer, direction) -> dL/dh, (window, B, H)
 
         def run(cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
-            if self.resolution > 1:
-                return self._chunked(cell, x, state, layer, direction)
             tap = self._taps[layer, direction] = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
             return cell.scan(x, state, tap)
-
-        self._taps: dict[tuple[int, int], Tensor] = {}  # (layer, direction) -> dL/dh (T, B, H)
 
         features, new_state = model.features(x[:, T - k :], state, run=run)
         carried = [tuple(t.detach() for t in layer) for layer in new_state] if stream else None
         return model.head(features), carried
-
-    def _chunked(self, cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
-        edges = []
-        outs = []
-        for start in range(0, x.size(1), self.resolution):
-            out, state = cell.scan(x[:, start : start + self.resolution], state)
-            up = out.clone()  # what the layer above and the head read
-            up.retain_grad()
-            handed = None
-            if state[0].shape == out[:, -1].shape:  # h, as the next chunk reads it (a transformer
-                handed = state[0].clone()  # hands on a key/value cache instead: h_t has no time path)
-                handed.retain_grad()
-                state = (handed, *state[1:])
-            edges.append((start + out.size(1) - 1, out.size(1) - 1, up, handed))
-            outs.append(up)
-        while len(self._edges) <= 2 * layer + direction:
-            self._edges.append([])
-        self._edges[2 * layer + direction] = edges
-        return torch.cat(outs, 1), state
 
     def record(self, model: nn.Module, step: int, max_norm: float) -> ProbeRecord:
         """After backward and before clipping (clipping rescales the weight gradients in
         place): collect everything for this step."""
         layers = len(model.layers)
         directions = 2 if getattr(model, "backward_layers", None) is not None else 1
-        window = self._T - self._offset
         dh = np.full((layers, directions, self._T), np.nan)
         dh[:, :, : self._offset] = 0.0  # before the truncation window: no gradient reaches
+        window = self._T - self._offset
+        kept = np.arange(window - 1, -1, -self.resolution)  # every k-th step back from the last
         for (layer, direction), tap in self._taps.items():
-            norms = tap.double().norm(dim=-1).mean(1).cpu().numpy()  # (window,)
-            dh[layer, direction, self._offset :] = norms if direction == 0 else norms[::-1]
-        for index, edges in enumerate(self._edges):
-            layer, direction = divmod(index, 2)
-            for t, local, up, handed in edges:
-                total = torch.zeros_like(up[:, local])
-                if up.grad is not None:
-                    total = total + up.grad[:, local]  # up through the layers
-                if handed is not None and handed.grad is not None:
-                    total = total + handed.grad  # back through time
-                time = t if direction == 0 else window - 1 - t  # the backward cell runs reversed
-                dh[layer, direction, self._offset + time] = total.double().norm(dim=-1).mean().item()
+            norms = tap.double().norm(dim=-1).mean(1).cpu().numpy()  # (window,), in the cell's time
+            norms = norms if direction == 0 else norms[::-1]  # the backward cell ran reversed
+            dh[layer, direction, self._offset + kept] = norms[kept]
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)).item() if grads else 0.0
         radius, singular = spectra(model)
@@ -143,7 +108,7 @@ class Probe:
             spectral_radius=radius, max_singular=singular,
         )
         self.records.append(record)
-        self._edges, self._taps = [], {}
+        self._taps = {}
         return record
 
 

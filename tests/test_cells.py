@@ -337,6 +337,36 @@ def test_scan_equals_step_scan_on_outputs_and_every_gradient(name, options):
 
 
 @pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
+def test_a_tapped_scan_is_the_same_function_and_its_tap_holds_the_total_dl_dh(name, options):
+    """With a tap, fused cells run their hand-written twin: outputs and every gradient equal
+    the step path's, and the tap holds dL/dh_t, summed over every path (autograd.grad of the
+    loss with respect to each step's h_t in an independent step-by-step unroll)."""
+    torch.manual_seed(7)
+    cell = CELLS[name](3, 4 if name != "transformer" else 6, **options)
+    x = torch.randn(3, 9, 3, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in perturbed_state(cell, 3, x))
+    weights = torch.linspace(-1, 2, 3 * 9 * cell.hidden_size).view(3, 9, -1)
+    wrt = [x, *state, *[p for p in cell.parameters() if p.requires_grad]]
+
+    def loss_of(out, last):
+        return (out * weights).sum() + sum((s * s).sum() for s in last if s.dim() == 2)
+
+    tap = torch.zeros(9, 3, cell.hidden_size)
+    out, last = cell.scan(x, state, tap)
+    tapped = [out, *last, *torch.autograd.grad(loss_of(out, last), wrt)]
+    hs, step_state = [], state
+    for x_t in x.unbind(1):
+        h, step_state = cell(x_t, step_state)
+        hs.append(h)
+    reference_loss = loss_of(torch.stack(hs, 1), step_state)
+    reference = [torch.stack(hs, 1), *step_state, *torch.autograd.grad(reference_loss, wrt, retain_graph=True)]
+    for a, b in zip(tapped, reference):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    dh = torch.stack(torch.autograd.grad(reference_loss, hs))  # (T, B, H)
+    assert torch.allclose(tap, dh, atol=1e-10, rtol=0) and tap.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
 def test_gradcheck_every_cell(name, options):
     torch.manual_seed(6)
     cell = CELLS[name](2, 3 if name != "transformer" else 4, **options)
