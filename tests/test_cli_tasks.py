@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -45,6 +46,19 @@ def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(workdir, args,
         assert 0 <= logged["test_wrong"] <= 40
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.pt"}  # no forecast plot
     assert row in result.stdout and "trivial baseline" in result.stdout
+
+
+def test_copy_trains_with_truncated_bptt_one_step_per_chunk_and_probes_the_short_last_chunk(workdir):
+    # T + 20 = 25 steps cut into chunks of 10, 10 and 5: 3 optimiser steps per batch, each probed
+    result = run_cli(["data=copy", "data.length=5", *SIZES, *SMALL, "truncation=10", "probe.every=1", "probe.resolution=1"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "2 (best" in result.stdout and "18 steps" in result.stdout  # 2 epochs x 3 batches x 3 chunks
+    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "lstm-d1-h8-k10"
+    (npz,) = (workdir / "outputs" / "runs").rglob("gradients.npz")
+    dh = np.load(npz)["dh"]  # (probes, layers, directions, T): a short chunk's missing steps are NaN
+    assert dh.shape == (18, 1, 1, 10) and np.isnan(dh[2::3, ..., 5:]).all() and np.isfinite(dh[0]).all()
 
 
 def test_bad_task_input_is_one_line(workdir):

@@ -137,7 +137,7 @@ def loader_share(rounds: int, steps: int) -> None:
             t0 = time.perf_counter()
             x, y = next(batches)
             t1 = time.perf_counter()
-            out, _ = forward(model, x, None, data.task, 0)
+            out, _ = forward(model, x, None, False, 0)
             loss = task_loss(out, y, data.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
