@@ -61,6 +61,27 @@ def test_copy_trains_with_truncated_bptt_one_step_per_chunk_and_probes_the_short
     assert dh.shape == (18, 1, 1, 10) and np.isnan(dh[2::3, ..., 5:]).all() and np.isfinite(dh[0]).all()
 
 
+def test_the_series_shipped_in_statsmodels_train_end_to_end(workdir):
+    result = run_cli(["-m", "data=co2,sunspots", "data.lookback=12", *SMALL], workdir)
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    assert sorted(r.data.params["data.name"] for r in runs) == ["co2", "sunspots"]
+    assert all(r.info.status == "FINISHED" and math.isfinite(r.data.metrics["test_mse"]) for r in runs)
+    assert {r.data.params["data.season"] for r in runs} == {"52", "11"}
+
+
+def test_without_statsmodels_a_shipped_series_fails_before_training_in_one_line(workdir):
+    blocker = workdir / "blocker" / "statsmodels"  # an installed-nowhere statsmodels, as pip leaves it
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'statsmodels'\")\n")
+    result = run_cli(["data=co2", *SMALL], workdir, env={"PYTHONPATH": str(workdir / "blocker")})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("rnnlab: error: data=co2 needs the package statsmodels (the series ships "
+                                     "inside it), which is not installed: pip install 'rnnlab[datasets]'")
+    assert not list(workdir.rglob("checkpoint.pt")) and not (workdir / "outputs" / "mlflow.db").exists()
+
+
 def test_bad_task_input_is_one_line(workdir):
     (workdir / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     result = run_cli(["data=char_lm", "data.path=latin.txt", *SMALL], workdir)
