@@ -31,7 +31,9 @@ def load_co2(missing: Literal["ffill", "error"] = "ffill") -> Series:
     """Mauna Loa atmospheric CO2 (ppmv), weekly from 1958-03-29 to 2001-12-29: 2,284 weeks,
     59 of them without a measurement. ``missing=ffill`` (the default, and the CSV loader's
     policy of the same name) gives a missing week the value of the week before (the first
-    week has a value); ``error`` refuses the series and names the first missing week.
+    week has a value); ``error`` refuses the series and names the first missing week. The
+    record rises by ~60 ppmv: the test years lie above every training value, so persistence
+    is a hard baseline and a scaled model must extrapolate.
 
     Source: Keeling, C.D. and T.P. Whorf (2004), atmospheric CO2 from flask air samples at
     Mauna Loa, Scripps Institution of Oceanography (SIO) network, distributed by CDIAC, Oak
