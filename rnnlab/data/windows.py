@@ -100,7 +100,7 @@ def window_starts_reference(begins: np.ndarray, ends: np.ndarray, lookback: int,
 # ------------------------------------------------------------------------------- gather
 
 
-PREFETCH_WINDOWS = 8  # windows whose lines are on their way while one is copied (4-8: a plateau)
+PREFETCH_WINDOWS = 8  # windows whose lines are on their way while one is copied (4-12 ran alike)
 PREFETCH_BYTES = 65536  # but at most this much in flight, so that wide windows still fit L2
 
 
@@ -131,8 +131,8 @@ def gather(
     # miss, and the hardware prefetcher only catches on a few lines into it. Software prefetch
     # keeps the next ``ahead`` windows' lines (and targets) on their way while one is copied:
     #
-    #     copy:      w0  w1  w2  ...  wb  ...
-    #     prefetch:  w0..w7   w8  w9  ...  wb+8  ...      (memory-level parallelism)
+    #     first:    prefetch w0 .. w7
+    #     step b:   prefetch w(b+8), copy wb       (8 windows' lines in flight at once)
     row = values.shape[1]
     width = lookback * row
     src = values.reshape(-1)
