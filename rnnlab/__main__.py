@@ -13,6 +13,7 @@ import time
 
 _LAUNCHED = time.perf_counter()  # before the heavy imports: start-up time is measured from here
 
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402
@@ -383,9 +384,14 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             )
             artifacts.append("predictions.png")
         if probe is not None and probe.records:  # matrices once, as artifacts, not as metric keys
-            save_records(probe.records, output_dir / "gradients.npz")
-            matrices = np.stack([r.dh for r in probe.records])
-            plot_gradient_heatmaps(matrices, [r.step for r in probe.records], output_dir / "gradient_heatmaps.png")
+            # A shorter last chunk (char_lm; copy with truncation not dividing T + 20) has fewer
+            # time steps: pad its matrix with NaN (not measured) so that every probe stacks.
+            T = max(r.dh.shape[-1] for r in probe.records)
+            records = [dataclasses.replace(r, dh=np.pad(r.dh, [(0, 0), (0, 0), (0, T - r.dh.shape[-1])],
+                                                        constant_values=np.nan)) for r in probe.records]
+            save_records(records, output_dir / "gradients.npz")
+            matrices = np.stack([r.dh for r in records])
+            plot_gradient_heatmaps(matrices, [r.step for r in records], output_dir / "gradient_heatmaps.png")
             last = probe.records[-1]
             plot_decay({f"layer {l}": last.dh[l, 0] for l in range(last.dh.shape[0])}, output_dir / "gradient_decay.png",
                        f"{run_name}: ||dL/dh_t|| at step {last.step}")

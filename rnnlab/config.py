@@ -67,7 +67,7 @@ class TrainConfig:
     clip: float = _bounded(1.0, ge=0)  # max global gradient norm; 0 turns clipping off
     patience: int = _bounded(4, ge=0)  # early stopping: epochs without a better val loss; 0 = off
     on_nonfinite: Literal["fail", "skip"] = "fail"  # a NaN/inf loss: end the run, or skip that step
-    steps_per_epoch: int = _bounded(0, ge=0)  # cap on optimiser steps per epoch; 0 = a full pass
+    steps_per_epoch: int = _bounded(0, ge=0)  # cap on batches per epoch (copy with truncation: several steps each); 0 = a full pass
     eval_batch_size: int = _bounded(1024, ge=1)
 
 
@@ -236,18 +236,23 @@ def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
 
 def _check_together(cfg: Config) -> None:
     """Rules that involve more than one key."""
-    steps, key = (cfg.data.lookback, "data.lookback") if cfg.data.lookback else (cfg.data.options.get("length"), "data.length")
-    whole = {  # many-to-many tasks: truncation cuts windows ending at a many-to-one loss
-        "char_lm": "its chunks of data.length steps are the truncation, with the state carried from chunk to chunk",
-        "copy": "its loss is at every step, so it trains with full BPTT",
-    }
-    if cfg.truncation and cfg.data.name in whole:
-        raise ConfigError(f"truncation={cfg.truncation} does not apply to data={cfg.data.name} (allowed: 0): {whole[cfg.data.name]}")
-    if steps and cfg.truncation > steps:
+    from rnnlab.data import DATASETS
+
+    if cfg.truncation and cfg.data.name == "char_lm":
         raise ConfigError(
-            f"truncation={cfg.truncation} is longer than the window "
-            f"(allowed: 0 for full BPTT, or 1..{key}={steps})"
+            f"truncation={cfg.truncation} does not apply to data=char_lm (allowed: 0): its chunks of "
+            "data.length steps are the truncation, with the state carried from chunk to chunk"
         )
+    if cfg.data.lookback:  # a window
+        steps, what, key = cfg.data.lookback, "the window", f"data.lookback={cfg.data.lookback}"
+    elif cfg.data.name == "copy":  # 10 symbols, T - 1 blanks, the delimiter, 10 recall steps
+        length = cfg.data.options.get("length", inspect.signature(DATASETS["copy"]).parameters["length"].default)
+        steps, what, key = length + 20, "a copy sequence", f"data.length+20={length + 20}"
+    else:
+        length = cfg.data.options.get("length")
+        steps, what, key = length, "the window", f"data.length={length}"
+    if steps and cfg.truncation > steps:
+        raise ConfigError(f"truncation={cfg.truncation} is longer than {what} (allowed: 0 for full BPTT, or 1..{key})")
     if cfg.data.val_fraction and cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError(
             f"data.val_fraction + data.test_fraction = {cfg.data.val_fraction + cfg.data.test_fraction:g} "

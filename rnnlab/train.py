@@ -74,19 +74,38 @@ def forward_truncated(model: nn.Module, x: Tensor, truncation: int) -> Tensor:
 
 
 def forward(
-    model: nn.Module, x: Tensor, state: list[State] | None, task: Task, truncation: int
+    model: nn.Module, x: Tensor, state: list[State] | None, carry: bool, truncation: int
 ) -> tuple[Tensor, list[State] | None]:
-    """One batch forward. A stream (``task.stateful_stream``) continues from the state the
-    previous chunk ended with and hands its own on, cut from the graph, so gradients stop at
-    the chunk boundary (word_language_model's repackage_hidden); windows start from zero.
+    """One forward of a batch or of a chunk of one. With ``carry`` (a stream, or a chunk of a
+    many-to-many sequence) it continues from the state the previous chunk ended with and hands
+    its own on, cut from the graph, so gradients stop at the chunk boundary
+    (word_language_model's repackage_hidden); ``truncation`` is then already the chunking.
+    Otherwise it is a many-to-one window from a zero state, truncated by ``forward_truncated``.
 
         chunk i-1 ──state──> chunk i ──state──> chunk i+1        (values carried)
                    ✂ grad               ✂ grad                   (graph cut)
     """
-    if not task.stateful_stream:
+    if not carry:
         return forward_truncated(model, x, truncation), None
     out, state = model(x, state)
     return out, [tuple(t.detach() for t in layer) for layer in state]  # truncated BPTT: cut the graph here
+
+
+def chunks(x: Tensor, y: Tensor, k: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """A batch of many-to-many sequences cut along time into chunks of ``k`` steps, the last
+    one possibly shorter; ``k`` = 0 yields the batch whole. Each chunk gets its own forward,
+    backward and optimiser step, the state carried from one to the next (CELLS.md's truncated
+    BPTT), so a batch of length L makes ceil(L / k) optimiser steps:
+
+        x, y:  | 1 ....... k | k+1 ..... 2k | ... | ....... L |     (B, L, ·)
+               zero ──state──>  ──state──>  ...  ──>                values carried
+                             ✂ grad       ✂ grad                    graph cut
+    """
+    if k == 0:
+        yield x, y
+        return
+    for t in range(0, x.size(1), k):
+        yield x[:, t : t + k], y[:, t : t + k]
 
 
 def task_loss(out: Tensor, y: Tensor, task: Task) -> Tensor:
@@ -126,7 +145,7 @@ def score(model: nn.Module, data: Data, split: str, batch_size: int, device: tor
     total, correct, wrong, count = 0.0, 0, 0, 0
     state = None
     for x, y in data.batches(split, batch_size):
-        out, state = forward(model, x.to(device), state, task, 0)
+        out, state = forward(model, x.to(device), state, task.stateful_stream, 0)
         y = y.to(device)
         if task.kind == "classification":
             logits, y = out.reshape(-1, out.size(-1)), y.reshape(-1)
@@ -168,7 +187,7 @@ class TrainState:
     best_epoch: int
     best_model: dict[str, Tensor]
     history: list[dict[str, float]]
-    sums: dict[str, Tensor]  # the epoch in progress: its running loss, norm, clip and skip sums
+    sums: dict[str, Tensor]  # the epoch in progress: its running loss, norm, clip, skip and step sums
     data_rng: dict[str, Any]  # the window-order generator as it was when that epoch began
     torch_rng: Tensor  # dropout's randomness
     cuda_rng: list[Tensor] = field(default_factory=list)
@@ -202,8 +221,11 @@ def train(
 ) -> TrainResult:
     """Train with early stopping on the validation loss; the model ends with its best weights.
 
+    A batch makes one optimiser step, except a batch of many-to-many sequences (copy) with
+    ``truncation`` = k: it is cut into chunks of k steps, one step each (``chunks``).
+
     ``save`` receives a TrainState at every epoch's end and before an interruption;
-    ``resume`` continues from one. ``stop_requested`` is polled after every step: when it
+    ``resume`` continues from one. ``stop_requested`` is polled after every batch: when it
     says yes, the state is saved and Interrupted raised. A NaN/inf loss or gradient norm
     raises NonFiniteError on its step (or, with ``cfg.on_nonfinite="skip"``, skips the
     update and counts it). On the steps ``probe`` says are due, the forward runs through the
@@ -244,55 +266,70 @@ def train(
             probes=[r.payload() for r in probe.records] if probe is not None else [],
         )
 
+    task = data.task
+    # Truncated BPTT has three shapes. A window (many-to-one) truncates inside its forward
+    # (forward_truncated); a stream's chunks are already the truncation, its state carried
+    # across batches; a many-to-many sequence (copy) is cut into chunks of ``truncation`` steps,
+    # one optimiser step each, its state carried across the chunks of one batch only.
+    chunk = truncation if task.many_to_many and not task.stateful_stream else 0
+    carry = task.stateful_stream or chunk > 0
+
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
         epoch_rng = copy.deepcopy(rng.bit_generator.state)  # where this epoch's window order comes from
         # Sums stay on the device: a .item() per step would be a host-device sync point.
-        sums = {k: torch.zeros((), device=device) for k in ("loss", "norm", "clipped", "skipped")}
+        sums = {k: torch.zeros((), device=device) for k in ("loss", "norm", "clipped", "skipped", "steps")}
         state = None  # a stream's carried state: every pass starts the streams afresh
-        if resume is not None and epoch == resume.epoch:
-            sums = {k: v.to(device) for k, v in resume.sums.items()}
+        if resume is not None and epoch == resume.epoch:  # (an epoch-end checkpoint has no sums)
+            sums.update({k: v.to(device) for k, v in resume.sums.items()})
+            if resume.sums and "steps" not in resume.sums:  # saved before batches could make several steps
+                sums["steps"] += resume.batch
             state = [tuple(t.to(device) for t in layer) for layer in resume.carried] if resume.carried else None
-        for batch, (x, y) in enumerate(data.batches("train", cfg.batch_size, rng, pin=device.type == "cuda")):
+        for batch, (xb, yb) in enumerate(data.batches("train", cfg.batch_size, rng, pin=device.type == "cuda")):
             if batch == n_batches:
                 break
             if batch < done:  # resuming mid-epoch: same order, skip what was done
                 continue
-            x, y = x.to(device), y.to(device)
-            probed = probe is not None and probe.due(step + 1)
-            if probed:
-                out, state = probe.forward(model, x, state, data.task.stateful_stream, truncation)
-            else:
-                out, state = forward(model, x, state, data.task, truncation)
-            loss = task_loss(out, y, data.task)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if probed:  # before clipping, which rescales the gradients in place
-                on_probe(probe.record(model, step + 1, max_norm))
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
-            step += 1
-            # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught
-            # before optimizer.step(), so the weights stay the last good ones.
-            if not torch.isfinite(norm):
-                if cfg.on_nonfinite == "fail":
-                    raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
-                sums["skipped"] += 1
-            else:
-                optimizer.step()
-                sums["loss"] += loss.detach()
-                sums["norm"] += norm
-                sums["clipped"] += norm > max_norm
+            for x, y in chunks(xb.to(device), yb.to(device), chunk):  # one chunk unless a sequence is cut
+                probed = probe is not None and probe.due(step + 1)
+                if probed:
+                    out, state = probe.forward(model, x, state, carry, truncation)
+                else:
+                    out, state = forward(model, x, state, carry, truncation)
+                loss = task_loss(out, y, task)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if probed:  # before clipping, which rescales the gradients in place
+                    on_probe(probe.record(model, step + 1, max_norm))
+                norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
+                step += 1
+                sums["steps"] += 1
+                # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught
+                # before optimizer.step(), so the weights stay the last good ones.
+                if not torch.isfinite(norm):
+                    if cfg.on_nonfinite == "fail":
+                        raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
+                    sums["skipped"] += 1
+                else:
+                    optimizer.step()
+                    sums["loss"] += loss.detach()
+                    sums["norm"] += norm
+                    sums["clipped"] += norm > max_norm
+            if not task.stateful_stream:
+                state = None  # these sequences end here: the next batch starts from a zero state
             if batch % 20 == 0:
                 progress(epoch, batch + 1, n_batches, loss.item(), best_val if best_epoch else None)
+            # Polled per batch, not per chunk: a checkpoint never falls inside a cut sequence, so
+            # a resumed run starts its next batch from a zero state, as an uninterrupted one does.
             if stop_requested():
                 save(snapshot(epoch, batch + 1, sums, epoch_rng, state))
                 raise Interrupted(f"stopped at step {step} (epoch {epoch}, batch {batch + 1}/{n_batches})")
         done = 0
 
         val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
-        good = max(n_batches - sums["skipped"].item(), 1)
+        good = max(sums["steps"].item() - sums["skipped"].item(), 1)  # optimiser steps that updated
         metrics = {
             "train_loss": sums["loss"].item() / good,
             "val_loss": val_loss,

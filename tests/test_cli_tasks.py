@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -45,6 +46,38 @@ def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(workdir, args,
         assert 0 <= logged["test_wrong"] <= 40
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.pt"}  # no forecast plot
     assert row in result.stdout and "trivial baseline" in result.stdout
+
+
+def test_copy_trains_with_truncated_bptt_one_step_per_chunk_and_probes_the_short_last_chunk(workdir):
+    # T + 20 = 25 steps cut into chunks of 10, 10 and 5: 3 optimiser steps per batch, each probed
+    args = ["data=copy", "data.length=5", *SIZES, *SMALL, "truncation=10", "probe.every=1", "probe.resolution=1"]
+    result = run_cli([*args, "tracking=none"], workdir)  # no store: the run folder has everything checked
+    assert result.returncode == 0, result.stderr
+    assert "rnnlab run lstm-d1-h8-k10" in result.stdout
+    assert "2 (best" in result.stdout and "18 steps" in result.stdout  # 2 epochs x 3 batches x 3 chunks
+    (npz,) = (workdir / "outputs" / "runs").rglob("gradients.npz")
+    dh = np.load(npz)["dh"]  # (probes, layers, directions, T): a short chunk's missing steps are NaN
+    assert dh.shape == (18, 1, 1, 10) and np.isnan(dh[2::3, ..., 5:]).all() and np.isfinite(dh[0]).all()
+
+
+def test_the_series_shipped_in_statsmodels_train_end_to_end(workdir):
+    result = run_cli(["-m", "data=co2,sunspots", "data.lookback=12", *SMALL, "tracking=none"], workdir)
+    assert result.returncode == 0, result.stderr
+    for name in ("co2", "sunspots"):  # each job's summary: a finite test MSE in the series' own units
+        line = next(line for line in result.stdout.splitlines() if f"in {name} units" in line)
+        assert line.startswith("test MSE") and math.isfinite(float(line.split()[2]))
+    assert result.stdout.count("2 (best") == 2 and result.stdout.count(", 6 steps") == 2
+
+
+def test_without_statsmodels_a_shipped_series_fails_before_training_in_one_line(workdir):
+    blocker = workdir / "blocker" / "statsmodels"  # an installed-nowhere statsmodels, as pip leaves it
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'statsmodels'\")\n")
+    result = run_cli(["data=co2", *SMALL], workdir, env={"PYTHONPATH": str(workdir / "blocker")})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("rnnlab: error: data=co2 needs the package statsmodels (the series ships "
+                                     "inside it), which is not installed: pip install 'rnnlab[datasets]'")
+    assert not list(workdir.rglob("checkpoint.pt")) and not (workdir / "outputs" / "mlflow.db").exists()
 
 
 def test_bad_task_input_is_one_line(workdir):

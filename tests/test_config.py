@@ -97,7 +97,7 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
         (["data=adding", "+data.lookback=10"], "data.lookback is not an option of dataset 'adding' (its options: length, n_train"),
         (["data=adding", "data.length=20", "truncation=21"], "truncation=21 is longer than the window (allowed: 0 for full BPTT, or 1..data.length=20)"),
         (["data=char_lm", "data.path=t.txt", "truncation=5"], "truncation=5 does not apply to data=char_lm (allowed: 0)"),
-        (["data=copy", "truncation=5"], "truncation=5 does not apply to data=copy (allowed: 0): its loss is at every step"),
+        (["data=copy", "data.length=10", "truncation=31"], "truncation=31 is longer than a copy sequence (allowed: 0 for full BPTT, or 1..data.length+20=30)"),
         (["data=digits", "data.read=column"], "data.read='column' is not allowed (allowed: pixel, row)"),
         (["train.lr=inf"], "train.lr=inf must be a finite number"),
     ],
@@ -108,6 +108,11 @@ def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(overrides, e
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_copy_accepts_any_truncation_up_to_its_sequence_length():
+    assert validate(composed("data=copy", "data.length=10", "truncation=30")).truncation == 30
+    assert validate(composed("data=copy", "truncation=7")).truncation == 7
 
 
 def test_flatten_gives_dotted_keys_with_cell_and_data_options_inline():

@@ -333,3 +333,48 @@ def test_csv_size_limit_and_truncated_last_line_are_one_line_errors(tmp_path):
         load_csv(torn, "time", "temp")
     with pytest.raises(DataError, match=r"line 5: 2 field\(s\)"):  # even with a fill policy chosen
         load_csv(torn, "time", "temp", missing="ffill")
+
+
+# ------------------------------------------------------------ real series shipped in statsmodels
+
+
+def test_co2_is_the_weekly_mauna_loa_record_with_its_missing_weeks_forward_filled():
+    from statsmodels.datasets import co2 as source
+
+    from rnnlab.data.shipped import load_co2
+
+    raw = source.load_pandas().data["co2"].to_numpy()
+    s = load_co2()
+    assert s.values.shape == (2284, 1) and s.columns == ["co2"] and s.values.dtype == np.float32
+    assert np.isnan(raw).sum() == 59 and np.isfinite(s.values).all()
+    assert (str(s.time[0]), str(s.time[-1])) == ("1958-03-29", "2001-12-29")
+    assert np.all(np.diff(s.time) == np.timedelta64(7, "D"))
+    gaps = np.flatnonzero(np.isnan(raw))
+    np.testing.assert_array_equal(s.values[gaps, 0], s.values[gaps - 1, 0])  # the week before's value
+    np.testing.assert_array_equal(s.values[~np.isnan(raw), 0], raw[~np.isnan(raw)].astype(np.float32))
+    assert 310 < s.values.min() and s.values.max() < 380  # ppmv
+    with pytest.raises(DataError, match=r"^data=co2: the week of 1958-05-10 has no measurement \(59 of 2284 weeks"):
+        load_co2(missing="error")
+
+
+def test_sunspots_are_309_years_from_1700():
+    from rnnlab.data.shipped import load_sunspots
+
+    s = load_sunspots()
+    assert s.values.shape == (309, 1) and s.columns == ["sunspots"] and np.isfinite(s.values).all()
+    assert (str(s.time[0]), str(s.time[-1])) == ("1700", "2008") and np.all(np.diff(s.time.astype(int)) == 1)
+    assert s.values.min() >= 0 and s.values[0, 0] == 5.0  # 1700: 5 (NGDC's table)
+
+
+@pytest.mark.parametrize("name", ["co2", "sunspots"])
+def test_without_statsmodels_a_shipped_series_is_one_line_naming_the_extra(monkeypatch, name):
+    import sys
+
+    from rnnlab.data import DATASETS
+
+    for module in [m for m in sys.modules if m == "statsmodels" or m.startswith("statsmodels.")] + ["statsmodels"]:
+        monkeypatch.setitem(sys.modules, module, None)  # import statsmodels... raises ImportError
+    with pytest.raises(DataError) as info:
+        DATASETS[name]()
+    assert str(info.value) == (f"data={name} needs the package statsmodels (the series ships inside it), which is "
+                               "not installed: pip install 'rnnlab[datasets]'")

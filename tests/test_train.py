@@ -1,7 +1,9 @@
 """The training loop: truncated BPTT semantics, determinism, early stopping, clipping."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -208,16 +210,14 @@ def test_skip_policy_skips_non_finite_steps_and_counts_them(data):
 
 
 def test_a_stream_carries_its_state_across_chunks_and_cuts_the_graph():
-    from rnnlab.data import Task
     from rnnlab.train import forward
 
-    stream = Task("classification", many_to_many=True, n_outputs=5, stateful_stream=True)
     torch.manual_seed(0)
     model = StackedRNN("lstm", 5, 6, depth=2, output_size=5, many_to_many=True).double()
     x = torch.randn(3, 12, 5, dtype=torch.float64, requires_grad=True)
     whole, _ = model(x)
-    first, state = forward(model, x[:, :6], None, stream, 0)
-    second, _ = forward(model, x[:, 6:], state, stream, 0)
+    first, state = forward(model, x[:, :6], None, True, 0)
+    second, _ = forward(model, x[:, 6:], state, True, 0)
     torch.testing.assert_close(torch.cat([first, second], 1), whole)  # the values are carried
     second.sum().backward()
     assert torch.all(x.grad[:, :6] == 0) and torch.all(x.grad[:, 6:].abs().sum(-1) > 0)  # the graph is cut
@@ -283,3 +283,127 @@ def test_a_stream_resumed_mid_epoch_continues_its_carried_state(tmp_path):
     state.carried = None  # negative control: restarting the streams from zeros is not the same run
     other = train(build(), text, cfg, seed=1, resume=state)
     assert [h["train_loss"] for h in other.history] != [h["train_loss"] for h in straight.history]
+
+
+# ------------------------------------------------- truncated BPTT inside a many-to-many sequence
+
+
+class Float64:
+    """A dataset's batches in float64 (its buffers are float32; train() takes either)."""
+
+    def __init__(self, data):
+        self.data, self.task = data, data.task
+
+    def n_batches(self, split, batch_size):
+        return self.data.n_batches(split, batch_size)
+
+    def batches(self, split, batch_size, rng=None, pin=False):
+        for x, y in self.data.batches(split, batch_size, rng, pin):
+            yield x.double(), y
+
+
+def copy_model(seed=0, cell="lstm"):
+    torch.manual_seed(seed)
+    return StackedRNN(cell, 10, 6, depth=2, output_size=10, many_to_many=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "peephole"])  # a fused kernel and a hand-written backward
+def test_each_chunk_of_a_copy_sequence_gets_the_gradient_of_its_own_loss_from_the_carried_state(cell):
+    """CELLS.md's truncated BPTT, checked step by step against a computation by hand: chunk j's
+    gradient is that of its own loss, at the weights of that step, from the state the previous
+    chunk ended with (its true forward value, detached), so nothing crosses a chunk boundary."""
+    import torch.nn.functional as F
+
+    from rnnlab.data.copy_memory import copy_memory
+
+    data = Float64(copy_memory(length=5, n_train=8, n_val=4, n_test=4))  # sequences of 25 steps
+    k, B = 10, 8  # chunks of 10, 10 and 5 steps
+    model = copy_model(cell=cell).double()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    seen = []  # per backward, per parameter: (its gradient, its value at that step)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            p.register_hook(lambda g, name=name, p=p: seen.append((name, g.clone(), p.detach().clone())))
+    result = train(model, data, TrainConfig(epochs=1, batch_size=B, lr=0.05, patience=0), truncation=k, seed=3)
+    assert result.steps == 3
+    steps = [dict((n, (g, w)) for n, g, w in seen[i : i + len(names)]) for i in range(0, len(seen), len(names))]
+
+    x, y = next(data.batches("train", B, np.random.default_rng(3)))  # the batch train() drew
+    reference = copy_model(cell=cell).double()
+    params = dict(reference.named_parameters())
+    state = None  # a sequence starts from zeros
+    for j, t in enumerate(range(0, 25, k)):
+        with torch.no_grad():
+            for name in names:
+                params[name].copy_(steps[j][name][1])  # the weights as they were at step j
+        out, new_state = reference(x[:, t : t + k], state)
+        loss = F.cross_entropy(out.reshape(-1, 10), y[:, t : t + k].reshape(-1))
+        grads = torch.autograd.grad(loss, [params[n] for n in names])
+        for name, g in zip(names, grads):
+            torch.testing.assert_close(steps[j][name][0], g, rtol=0, atol=1e-10)
+        if j == 1:  # negative control: from a zero state instead of the carried one, it differs
+            out0, _ = reference(x[:, t : t + k])
+            g0 = torch.autograd.grad(F.cross_entropy(out0.reshape(-1, 10), y[:, t : t + k].reshape(-1)), params[names[0]])[0]
+            assert (g0 - steps[j][names[0]][0]).abs().max() > 1e-6
+        state = [tuple(s.detach() for s in layer) for layer in new_state]
+
+
+@pytest.mark.parametrize("k,per_batch", [(0, 1), (1, 25), (7, 4), (24, 2), (25, 1)])
+def test_a_copy_batch_makes_ceil_length_over_k_optimiser_steps(k, per_batch):
+    from rnnlab.data.copy_memory import copy_memory
+
+    data = copy_memory(length=5, n_train=32, n_val=8, n_test=8)
+    logged = []
+    result = train(copy_model(), data, TrainConfig(epochs=1, batch_size=8, steps_per_epoch=2), truncation=k,
+                   log=lambda metrics, step: logged.append(metrics))
+    assert per_batch == (math.ceil(25 / k) if k else 1)
+    assert result.steps == 2 * per_batch  # steps_per_epoch caps batches; each makes ceil(L/k) steps
+    assert all(np.isfinite(m["train_loss"]) and 0 <= m["clip_rate"] <= 1 for m in logged)
+
+
+def test_copy_with_truncation_zero_or_the_whole_sequence_is_full_bptt_bit_for_bit():
+    from rnnlab.data.copy_memory import copy_memory
+
+    data = copy_memory(length=5, n_train=32, n_val=8, n_test=8)
+    cfg = TrainConfig(epochs=2, batch_size=8, steps_per_epoch=3)
+    runs = [train(copy_model(seed=1), data, cfg, truncation=k, seed=2) for k in (0, 25, 10)]
+    full, whole, cut = ([h["train_loss"].hex() for h in r.history] for r in runs)
+    assert full == whole  # one chunk of L steps from a zero state: the same computation
+    assert cut != full
+
+
+def test_a_copy_run_stopped_between_batches_resumes_bit_identically(tmp_path):
+    """Stops are taken at batch boundaries (never between two chunks of one sequence)."""
+    from rnnlab import checkpoint
+    from rnnlab.data.copy_memory import copy_memory
+    from rnnlab.train import Interrupted, TrainState
+
+    data = copy_memory(length=5, n_train=32, n_val=8, n_test=8)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2)
+    straight_model = copy_model(seed=4)
+    straight = train(straight_model, data, cfg, truncation=10, seed=1)
+    path, calls = tmp_path / "c.pt", {"n": 0}
+
+    def stop_at_batch_6():
+        calls["n"] += 1
+        return calls["n"] == 6  # polled once per batch: epoch 2, batch 2
+
+    with pytest.raises(Interrupted, match="stopped at step 18 "):
+        train(copy_model(seed=4), data, cfg, truncation=10, seed=1,
+              save=lambda s: checkpoint.save(s.payload(), path), stop_requested=stop_at_batch_6)
+    state = TrainState.from_payload(checkpoint.load(path))
+    assert (state.epoch, state.batch, state.step, state.carried) == (2, 2, 18, None)
+    resumed_model = copy_model(seed=9)
+    resumed = train(resumed_model, data, cfg, truncation=10, seed=1, resume=state)
+    assert [h["train_loss"].hex() for h in resumed.history] == [h["train_loss"].hex() for h in straight.history]
+    assert resumed.steps == straight.steps == 24 and _params_hash(resumed_model) == _params_hash(straight_model)
+
+
+def test_a_run_resumes_from_an_end_of_epoch_checkpoint(data):
+    """The checkpoint a killed run leaves behind is the last epoch's end (no running sums)."""
+    cfg = TrainConfig(epochs=2, steps_per_epoch=4, batch_size=32)
+    saved = []
+    straight = train(small_model(seed=1), data, cfg, seed=3, save=lambda s: saved.append(copy.deepcopy(s)))
+    resumed = train(small_model(seed=7), data, cfg, seed=3, resume=saved[0])
+    assert saved[0].batch == 0 and saved[0].sums == {}
+    assert [h["train_loss"].hex() for h in resumed.history] == [h["train_loss"].hex() for h in straight.history]

@@ -4,7 +4,9 @@
 
 1. Batch gather: a series of N = 1,000,000 steps x 8 float32 features, lookback 50, batch 256,
    random starts (a fresh set per call). Variants, interleaved round by round:
-     numba gather     rnnlab.data.windows.gather into a preallocated buffer (the loader's path)
+     numba gather     rnnlab.data.windows.gather into a preallocated buffer (the loader's path),
+                      which prefetches the next windows' lines into L2 while it copies one
+     ... no prefetch  the same copy loop without the prefetch (gather before it had one)
      numpy fancy      values[starts[:, None] + arange(L)]
      np.take          np.take(values, starts[:, None] + arange(L), axis=0)
      swv + index      sliding_window_view over the flat series (a (N-L+1, L*F) view, no copy),
@@ -13,6 +15,8 @@
                       14-28 ms per batch with torch 2.13, hence few repetitions
      memcpy           np.copyto of the same number of bytes between two cache-resident
                       buffers: the physical limit of moving a batch
+     memcpy from the series  np.copyto of the same bytes from one random place in the series:
+                      one sequential run from memory, the limit for a source not in cache
 2. Full materialisation of ``--materialise`` windows: windows_into vs np.copyto of the same bytes.
 3. The data loader's share of a training step on the default run (4 x 64 LSTM, weather data,
    lookback 48, batch 64, fused Adam): time to draw a batch from Windows.batches vs a whole
@@ -31,9 +35,21 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from rnnlab.data.windows import gather, windows_into
+from rnnlab.data.windows import _copy_run, gather, windows_into
 
 N, F, L, B = 1_000_000, 8, 50, 256
+
+
+def gather_without_prefetch(values, target, starts, lookback, horizon, out_x, out_y) -> None:
+    """rnnlab's gather as it was before software prefetch: one memcpy per window, nothing else."""
+    row = values.shape[1]
+    width = lookback * row
+    src = values.reshape(-1)
+    dst = out_x.reshape(-1)
+    for b in range(starts.shape[0]):
+        s = starts[b]
+        _copy_run(dst, b * width, src, s * row, width)
+        out_y[b] = target[s + lookback - 1 + horizon]
 
 
 def clock(fn, reps: int, rng: np.random.Generator, n_starts: int) -> float:
@@ -73,16 +89,23 @@ def batch_gather(rounds: int, reps: int) -> None:
     n_starts = N - L
     out_x, out_y = np.empty((B, L, F), np.float32), np.empty(B, np.float32)
     src = np.ones_like(out_x)
+    flat, out_flat = values.reshape(-1), out_x.reshape(-1)
+    last = flat.size - out_flat.size  # where the last whole run of a batch's bytes begins
     windows = sliding_window_view(values.reshape(-1), L * F)[::F]  # (N-L+1, L*F) view, no copy
     unfolded = torch.from_numpy(values.reshape(-1)).unfold(0, L * F, F)  # the same view in torch
     steps = np.arange(L)
+    import numba
+
+    plain = numba.njit(nogil=True)(gather_without_prefetch)
     variants = {
         "numba gather (rnnlab)": lambda s: gather(values, target, s, L, 1, out_x, out_y),
+        "numba gather, no prefetch": lambda s: plain(values, target, s, L, 1, out_x, out_y),
         "numpy fancy indexing": lambda s: values[s[:, None] + steps],
         "np.take": lambda s: np.take(values, s[:, None] + steps, axis=0),
         "sliding_window_view + index": lambda s: windows[s],
         "torch unfold + index_select": lambda s: unfolded.index_select(0, torch.from_numpy(s)),
         "memcpy (np.copyto, same bytes)": lambda s: np.copyto(out_x, src),
+        "memcpy from the series (one run)": lambda s: np.copyto(out_flat, flat[(o := s[0] * F % last) : o + out_flat.size]),
     }
     slow = {"torch unfold + index_select"}
     for fn in variants.values():  # compile, fault pages in
@@ -91,6 +114,7 @@ def batch_gather(rounds: int, reps: int) -> None:
     title = f"1. batch gather: N={N:,} x F={F}, lookback {L}, batch {B} ({out_x.nbytes / 1e3:.1f} KB), random starts"
     refs = {"fraction of memcpy": "memcpy (np.copyto, same bytes)", "vs numpy fancy": "numpy fancy indexing"}
     report(title, med, out_x.nbytes, refs, "us per batch", 1e6)
+    print(f"(load average after part 1: {os.getloadavg()[0]:.1f})")
 
 
 def materialise(rounds: int, n_windows: int) -> None:
@@ -137,7 +161,7 @@ def loader_share(rounds: int, steps: int) -> None:
             t0 = time.perf_counter()
             x, y = next(batches)
             t1 = time.perf_counter()
-            out, _ = forward(model, x, None, data.task, 0)
+            out, _ = forward(model, x, None, False, 0)
             loss = task_loss(out, y, data.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -29,6 +29,7 @@ from rnnlab.data.dynamics import lorenz, mackey_glass, sine
 from rnnlab.data.jena import load_jena
 from rnnlab.data.sequences import Sequences, Stream, buffer
 from rnnlab.data.series import FORECAST, DataError, Series, Task
+from rnnlab.data.shipped import load_co2, load_sunspots
 from rnnlab.data.text import char_lm
 from rnnlab.data.weather import generate_weather
 from rnnlab.data.windows import gather, window_starts
@@ -42,6 +43,8 @@ DATASETS = {
     "weather": generate_weather,
     "csv": load_csv,
     "jena": load_jena,
+    "co2": load_co2,
+    "sunspots": load_sunspots,
     "sine": sine,
     "mackey_glass": mackey_glass,
     "lorenz": lorenz,
