@@ -13,7 +13,6 @@ import time
 
 _LAUNCHED = time.perf_counter()  # before the heavy imports: start-up time is measured from here
 
-import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402
@@ -250,7 +249,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     from rnnlab.console import ProgressBar, summary
     from rnnlab.data import DATASETS, DataError, Series, Windows, make_windows
     from rnnlab.model import StackedRNN, count_parameters
-    from rnnlab.probe import Probe, save_records, summary_metrics
+    from rnnlab.probe import Probe, dh_matrix, save_records, summary_metrics
     from rnnlab.tracking import (
         NullTracker, Tracker, TrackingError, check_params, plot_decay, plot_gradient_heatmaps, plot_predictions,
         ui_command,
@@ -384,14 +383,9 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             )
             artifacts.append("predictions.png")
         if probe is not None and probe.records:  # matrices once, as artifacts, not as metric keys
-            # A shorter last chunk (char_lm; copy with truncation not dividing T + 20) has fewer
-            # time steps: pad its matrix with NaN (not measured) so that every probe stacks.
-            T = max(r.dh.shape[-1] for r in probe.records)
-            records = [dataclasses.replace(r, dh=np.pad(r.dh, [(0, 0), (0, 0), (0, T - r.dh.shape[-1])],
-                                                        constant_values=np.nan)) for r in probe.records]
-            save_records(records, output_dir / "gradients.npz")
-            matrices = np.stack([r.dh for r in records])
-            plot_gradient_heatmaps(matrices, [r.step for r in records], output_dir / "gradient_heatmaps.png")
+            save_records(probe.records, output_dir / "gradients.npz")
+            plot_gradient_heatmaps(dh_matrix(probe.records), [r.step for r in probe.records],
+                                   output_dir / "gradient_heatmaps.png")
             last = probe.records[-1]
             plot_decay({f"layer {l}": last.dh[l, 0] for l in range(last.dh.shape[0])}, output_dir / "gradient_decay.png",
                        f"{run_name}: ||dL/dh_t|| at step {last.step}")

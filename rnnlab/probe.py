@@ -213,6 +213,15 @@ def summary_metrics(record: ProbeRecord) -> dict[str, float]:
     return out
 
 
+def dh_matrix(records: list[ProbeRecord]) -> np.ndarray:
+    """Every probe's ||dL/dh|| as one (probe, layer, direction, time) array. A shorter window
+    (a stream's or a chunked sequence's last chunk) is padded with NaN, "not measured"."""
+    if not records:
+        return np.zeros((0, 0, 0, 0))
+    T = max(r.dh.shape[-1] for r in records)
+    return np.stack([np.pad(r.dh, [(0, 0), (0, 0), (0, T - r.dh.shape[-1])], constant_values=np.nan) for r in records])
+
+
 def save_records(records: list[ProbeRecord], path: str | os.PathLike[str]) -> None:
     """Every probe of a run in one compressed file: the (probe, layer, direction, time)
     matrix of ||dL/dh||, and per probe the step, norms, clipping, spectra and group norms."""
@@ -220,7 +229,7 @@ def save_records(records: list[ProbeRecord], path: str | os.PathLike[str]) -> No
     np.savez_compressed(
         path,
         steps=np.array([r.step for r in records]),
-        dh=np.stack([r.dh for r in records]) if records else np.zeros((0, 0, 0, 0)),
+        dh=dh_matrix(records),
         grad_norm=np.array([r.grad_norm for r in records]),
         grad_norm_clipped=np.array([r.grad_norm_clipped for r in records]),
         clipped=np.array([r.clipped for r in records]),
