@@ -76,7 +76,7 @@ class ProbeConfig:
     """The gradient probe (rnnlab/probe.py): ||dL/dh^l_t||, weight-gradient norms, spectra."""
 
     every: int = _bounded(10, ge=0)  # probe every this many optimiser steps; 0 turns it off
-    resolution: int = _bounded(8, ge=1)  # exact ||dL/dh_t|| at every this-many-th time step
+    resolution: int = _bounded(1, ge=1)  # keep ||dL/dh_t|| at every this-many-th step back from the loss's
 
 
 @dataclass

@@ -1,16 +1,18 @@
 """What the gradient probe costs: the default model's training step with the probe off, on
-every step, and on every 10th step (at full time resolution and at every k-th step), for a
-fused cell (lstm, cuDNN-style kernel) and a loop cell (peephole, hand-written BPTT).
+every step, and on every 10th step (at full time resolution and at every k-th step), for
+fused cells (lstm, gru: oneDNN/cuDNN kernels, tapped through their hand-written twins on
+probed steps) and a loop cell (peephole, hand-written BPTT).
 
 One process, rnnlab's allocator setting, the variants interleaved round by round; each
 variant's cost is the mean step time over blocks of 10 steps (so "every 10" includes its one
 probed step), median over rounds, as a ratio to probe-off measured in the same round.
 
-    python experiments/benchmarks/probe.py [--rounds 5] [--blocks 3] [--k 8]
+    python experiments/benchmarks/probe.py [--rounds 5] [--blocks 3] [--k 8] [--cells lstm gru peephole]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -57,12 +59,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--k", type=int, default=8, help="the coarser time resolution")
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru", "peephole"])
     args = parser.parse_args()
     runtime.tune_allocator()
     x, y = torch.randn(64, 48, 10), torch.randn(64, 1)
     variants = [("off", 0, 1), ("every step, all t", 1, 1), ("every 10, all t", 10, 1), (f"every 10, every {args.k}th t", 10, args.k)]
     rows = []
-    for cell in ("lstm", "peephole"):
+    for cell in args.cells:
         ratios: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         millis: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         for _ in range(args.rounds):
@@ -74,7 +77,8 @@ def main() -> None:
                 millis[name].append(seconds * 1e3)
         for name, _, _ in variants:
             rows.append((cell, name, statistics.median(millis[name]), statistics.median(ratios[name])))
-    print(f"probe cost: 4x64 model, T=48, B=64, {args.rounds} rounds x {10 * args.blocks} steps, medians")
+    print(f"probe cost: 4x64 model, T=48, B=64, {args.rounds} rounds x {10 * args.blocks} steps, medians; "
+          f"load average {os.getloadavg()[0]:.1f} at the end, {torch.get_num_threads()} threads")
     print(f"{'cell':<10}{'probe':<24}{'ms/step':>9}{'x off':>8}")
     for cell, name, ms, ratio in rows:
         print(f"{cell:<10}{name:<24}{ms:>9.1f}{ratio:>8.2f}")
