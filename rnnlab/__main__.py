@@ -325,7 +325,10 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
 
     # The probe needs backpropagation through time; a frozen recurrence (an ESN) has none.
     recurrent = any(p.requires_grad for p in model.layers.parameters())
-    probe = Probe(config.probe.every, config.probe.resolution) if config.probe.every and recurrent else None
+    probe = (
+        Probe(config.probe.every, config.probe.resolution, config.probe.spectra_every)
+        if config.probe.every and recurrent else None
+    )
 
     stop = runtime.StopOnSignal()
     status, exit_code = "FAILED", 0

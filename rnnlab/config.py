@@ -77,6 +77,7 @@ class ProbeConfig:
 
     every: int = _bounded(10, ge=0)  # probe every this many optimiser steps; 0 turns it off
     resolution: int = _bounded(1, ge=1)  # keep ||dL/dh_t|| at every this-many-th step back from the loss's
+    spectra_every: int = _bounded(10, ge=1)  # the recurrent matrices' spectra on probed steps that are multiples of this
 
 
 @dataclass

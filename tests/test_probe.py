@@ -131,6 +131,23 @@ def test_a_tanh_rnn_vanishes_below_radius_one_and_explodes_above(radius, grows):
     assert np.allclose(ratios, radius, rtol=0.05)  # geometric, at the spectral radius
 
 
+def test_spectra_come_on_probed_steps_that_are_multiples_of_spectra_every():
+    torch.manual_seed(8)
+    model = StackedRNN("gru", 3, 6, depth=2)
+    x, y = torch.randn(4, 5, 3), torch.randn(4, 1)
+    probe = Probe(every=1, spectra_every=3)
+    for step in range(1, 7):
+        out, _ = probe.forward(model, x, None, False, 0)
+        model.zero_grad()
+        F.mse_loss(out, y).backward()
+        probe.record(model, step, max_norm=math.inf)
+    have = [bool(np.isfinite(r.spectral_radius).all()) for r in probe.records]
+    assert have == [False, False, True, False, False, True]
+    assert all(np.isnan(r.max_singular).all() != h for r, h in zip(probe.records, have))
+    assert "spectral_radius/l0" not in summary_metrics(probe.records[0])
+    assert summary_metrics(probe.records[2])["spectral_radius/l0"] == pytest.approx(spectra(model)[0][0])
+
+
 def test_summary_metrics_are_few_and_per_layer():
     torch.manual_seed(5)
     model = StackedRNN("gru", 3, 6, depth=2)

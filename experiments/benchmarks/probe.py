@@ -7,7 +7,7 @@ One process, rnnlab's allocator setting, the variants interleaved round by round
 variant's cost is the mean step time over blocks of 10 steps (so "every 10" includes its one
 probed step), median over rounds, as a ratio to probe-off measured in the same round.
 
-    python experiments/benchmarks/probe.py [--rounds 5] [--blocks 3] [--k 8] [--cells lstm gru peephole]
+    python experiments/benchmarks/probe.py [--rounds 5] [--blocks 3] [--k 8] [--cells lstm gru peephole] [--threads N]
 """
 from __future__ import annotations
 
@@ -60,7 +60,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--k", type=int, default=8, help="the coarser time resolution")
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru", "peephole"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice); "
+                        "1 on a shared machine, where a second thread waits out other processes' time slices")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     runtime.tune_allocator()
     x, y = torch.randn(64, 48, 10), torch.randn(64, 1)
     variants = [("off", 0, 1), ("every step, all t", 1, 1), ("every 10, all t", 10, 1), (f"every 10, every {args.k}th t", 10, args.k)]
