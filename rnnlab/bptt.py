@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -51,30 +50,25 @@ class GatedLSTM(torch.autograd.Function):
         flags, names, E = cfg
         T, B, _ = xp.shape
         H, S = h0.size(1), len(names)
-        # Each step's one matmul reads r_{t-1} = [h_{t-1} | s_{t-1}]: h, and for FGR the last
-        # step's sigmoid gates too, so FGR's gate recurrence costs no extra call per step.
-        # The gates' rows of W_rec are [W_hh | W_ss], the g rows [W_hh_g | 0].
-        fgr = w_ss is not None
-        rec = xp.new_empty(T + 1, B, H + (S * H if fgr else 0))
-        hs = rec[:, :, :H]
+        hs = xp.new_empty(T + 1, B, H)
         cs = xp.new_empty(T + 1, B, H)
         hs[0], cs[0] = h0, c0
-        sig = rec[1:, :, H:] if fgr else xp.new_empty(T, B, S * H)  # sigmoid gate activations
-        if fgr:
-            rec[0, :, H:] = s0
-        w_rec = torch.cat([w_hh, F.pad(w_ss, (0, 0, 0, w_hh.size(0) - S * H))], 1) if fgr else w_hh
+        sig = xp.new_empty(T, B, S * H)  # sigmoid gate activations
         gs = xp.new_empty(T, B, H)  # g after its activation
         outs = cs[1:] if "NOAF" in flags else xp.new_empty(T, B, H)  # tanh(c_t), or c_t (NOAF)
         # Every per-step view made once, up front (unbind: one call for all t), so the loop
         # holds only the arithmetic. act[name][t] is gate `name` at step t, (B, H).
         act = {n: v.unbind(0) for n, v in zip(names, sig.split(H, 2))}
         early, late = sig[:, :, : E * H].unbind(0), sig[:, :, E * H :].unbind(0)
-        rec_at, h_at, c_at, g_at, out_at = rec.unbind(0), hs.unbind(0), cs.unbind(0), gs.unbind(0), outs.unbind(0)
-        w_rec_t = w_rec.t()
+        h_at, c_at, g_at, out_at = hs.unbind(0), cs.unbind(0), gs.unbind(0), outs.unbind(0)
+        w_hh_t = w_hh.t()
         p_early = None if peep is None else peep[:E]
         p_late = None if peep is None or E == S else peep[E]
+        s = s0
         for t, x_t in enumerate(xp.unbind(0)):
-            a = torch.addmm(x_t, rec_at[t], w_rec_t)  # (B, G*H)
+            a = torch.addmm(x_t, h_at[t], w_hh_t)  # (B, G*H)
+            if w_ss is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
+                a[:, : S * H].addmm_(s, w_ss.t())
             a_early, a_late, a_g = a.split([E * H, (S - E) * H, H], 1)
             c_prev, c = c_at[t], c_at[t + 1]
             if E:
@@ -105,17 +99,17 @@ class GatedLSTM(torch.autograd.Function):
                 torch.mul(act["o"][t], out_at[t], out=h_at[t + 1])
             else:
                 h_at[t + 1].copy_(out_at[t])
+            s = sig[t]
         ctx.cfg, ctx.dh_out = cfg, dh_out
-        ctx.saved = (rec, cs, sig, gs, outs, w_rec, peep)
+        ctx.saved = (hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss)
         return hs[1:], cs[T], sig[T - 1]
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor | None, d_c: Tensor | None, d_s: Tensor | None) -> tuple:
         flags, names, E = ctx.cfg
-        rec, cs, sig, gs, outs, w_rec, peep = ctx.saved
+        hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss = ctx.saved
         T, B, H = outs.shape
         S = len(names)
-        fgr = rec.size(2) > H
         # Every step's local derivatives, for all t at once, outside the loop. Each
         # pre-activation gradient is then one product: by dh (o) or by dc (i, f, g).
         act = dict(zip(names, sig.split(H, 2)))  # (T, B, H) each
@@ -136,47 +130,44 @@ class GatedLSTM(torch.autograd.Function):
         n_if = len(a_if)
         a_if = torch.stack(a_if, 2) if a_if else None  # (T, B, n_if, H)
 
-        da = rec.new_empty(T, B, w_rec.size(0))  # pre-activation gradients, every step
-        d_rec = torch.zeros_like(rec[0])  # [dh | ds] of the step after t
-        if fgr and d_s is not None:
-            d_rec[:, H:] = d_s
+        da = hs.new_empty(T, B, w_hh.size(0))  # pre-activation gradients, every step
+        dh_next = torch.zeros_like(hs[0])
         dc = _zeros_if_none(d_c, cs[0])
+        ds_next = _zeros_if_none(d_s, sig[0]) if w_ss is not None else None
         dh_out = ctx.dh_out
         for t in reversed(range(T)):
-            dh_next, ds_next = d_rec[:, :H], d_rec[:, H:]
             dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             dc = torch.addcmul(dc, dh, k_c[t])
-            da_s = da[t, :, : S * H]  # the sigmoid gates' block; FGR: starts with the next step's gates' share
-            if fgr:
-                torch.mul(ds_next, sd[t], out=da_s)
+            extra = None if ds_next is None else ds_next * sd[t]  # FGR: from the next step's gates
             if o is not None:
                 da_o = da[t, :, n_if * H : S * H]
-                if fgr:
-                    da_o.addcmul_(dh, a_o[t])
-                else:
-                    torch.mul(dh, a_o[t], out=da_o)
+                torch.mul(dh, a_o[t], out=da_o)
+                if extra is not None:
+                    da_o += extra[:, n_if * H :]
                 if E < S and peep is not None:  # o peeked at c_t
                     dc.addcmul_(da_o, peep[E])
             if n_if:
-                da_if = da_s[:, : n_if * H].view(B, n_if, H)
-                if fgr:
-                    da_if.addcmul_(dc.unsqueeze(1), a_if[t])
-                else:
-                    torch.mul(dc.unsqueeze(1), a_if[t], out=da_if)
+                da_if = da[t, :, : n_if * H]
+                torch.mul(dc.unsqueeze(1), a_if[t], out=da_if.view(B, n_if, H))
+                if extra is not None:
+                    da_if += extra[:, : n_if * H]
             torch.mul(dc, a_g[t], out=da[t, :, S * H :])
             dc = dc if f is None else dc * f[t]  # now the gradient of c_{t-1}
             if E and peep is not None:  # the early gates peeked at c_{t-1}
                 dc = dc + (da[t, :, : E * H].view(B, E, H) * peep[:E]).sum(1)
-            d_rec = da[t] @ w_rec
-        d_w_rec = _flat(da).t() @ _flat(rec[:-1])  # (G*H, H [+ S*H]): W_hh's and W_ss's at once
-        d_peep = None
+            dh_next = da[t] @ w_hh
+            if w_ss is not None:
+                ds_next = da[t, :, : S * H] @ w_ss
+        d_w_hh = _flat(da).t() @ _flat(hs[:-1])
+        d_peep = d_w_ss = None
         if peep is not None:
             early = (da[:, :, : E * H].reshape(T, B, E, H) * cs[:-1].unsqueeze(2)).sum((0, 1))
             late = (da[:, :, E * H : S * H].reshape(T, B, S - E, H) * cs[1:].unsqueeze(2)).sum((0, 1))
             d_peep = torch.cat([early, late])
-        d_w_ss = d_w_rec[: S * H, H:] if fgr else None
-        ds0 = d_rec[:, H:] if fgr else None
-        return da, d_rec[:, :H], dc, ds0, d_w_rec[:, :H], d_peep, d_w_ss, None, None
+        if w_ss is not None:
+            s_prev = torch.cat([s0.unsqueeze(0), sig[:-1]])
+            d_w_ss = _flat(da[:, :, : S * H]).t() @ _flat(s_prev)
+        return da, dh_next, dc, ds_next, d_w_hh, d_peep, d_w_ss, None, None
 
 
 class GRUClassic(torch.autograd.Function):
