@@ -384,12 +384,16 @@ def test_an_interrupted_sweep_resumes_to_n_trials_when_run_again(workdir):
     args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=5", "train.epochs=3", "train.steps_per_epoch=20",
             "train.lr=tag(log,interval(1e-4,1e-2))"]
     first = start(args, workdir)
-    wait_for(lambda: (workdir / sweep.DEFAULT_STORAGE).exists() and sweep.count(load(workdir)).done >= 1,
-             120, "a finished trial")
-    # Five trials, so that Ctrl-C lands mid-sweep even when a loaded machine is slow to
-    # notice the first one finishing (with three, all were once done before the signal).
+
+    def mid_sweep() -> bool:  # a trial done and at least two not yet started: Ctrl-C cannot come too late
+        if not (workdir / sweep.DEFAULT_STORAGE).exists():
+            return False
+        counts = sweep.count(load(workdir))
+        return counts.done >= 1 and counts.done + counts.running <= 3
+
+    wait_for(mid_sweep, 120, "a finished trial")
     first.send_signal(signal.SIGINT)  # Ctrl-C
-    first.communicate(timeout=60)
+    first.communicate(timeout=180)  # a loaded machine once needed more than 60 s
     assert first.returncode != 0
     interrupted = sweep.count(load(workdir)).done
     assert interrupted < 5
