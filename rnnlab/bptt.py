@@ -118,74 +118,93 @@ class GatedLSTM(torch.autograd.Function):
         flags, names, E = ctx.cfg
         hs, cs, sig, gs, outs, s0, w_hh, peep, w_ss = ctx.saved
         T, B, H = outs.shape
-        S = len(names)
-        # Every step's local derivatives, for all t at once, outside the loop. Each
-        # pre-activation gradient is then one product: by dh (o) or by dc (i, f, g).
+        S, gates = len(names), (*names, "g")
+        G = len(gates)
+        # Every step's local derivatives, for all t at once, outside the loop. A gate's
+        # pre-activation gradient is a factor times dh (gate o) or dc_t (i, f, g), so one step's
+        # da is one product M ⊙ A[t]: A (T, B, G, H) holds the factors, M (B, G, H) dh or dc_t
+        # in each gate's slot. FGR adds, to the sigmoid gates, what flowed back from the next
+        # step's gates: e = ds_next ⊙ σ'.
+        #     dc_t     = dc_{t+1 -> t} + dh ⊙ k_c + e_o ⊙ p_o           (o reads c_t)
+        #     dc_{t-1} = dc_t ⊙ f_c + Σ_early e_n ⊙ p_n                 (f_c: f and the early peepholes)
         act = dict(zip(names, sig.split(H, 2)))  # (T, B, H) each
         sd = torch.addcmul(sig, sig, sig, value=-1)  # σ' = σ - σ² of every sigmoid gate
         sd_of = dict(zip(names, sd.split(H, 2)))
         i, o, c_prev = act.get("i"), act.get("o"), cs[:-1]
-        f = 1 - i if "CIFG" in flags else act.get("f")
         one = sig.new_ones(())
-        # Each factor is built in its own buffer, in place (one pass, one allocation each).
-        if "NOAF" in flags:  # dc += dh * k_c         (h = o * out(c))
-            k_c = torch.ones_like(outs) if o is None else o
+        A = sig.new_empty(T, B, G, H)
+        a = {n: A[:, :, k] for k, n in enumerate(gates)}
+        if "NIAF" in flags:  # g: c = f c_prev + i g
+            a["g"].copy_(one if i is None else i)
         else:
-            k_c = torch.addcmul(one, outs, outs, value=-1)  # tanh' = 1 - tanh²
-            k_c = k_c if o is None else k_c.mul_(o)
-        if "NIAF" in flags:  # da_g = dc * a_g         (c = f c_prev + i g)
-            a_g = torch.ones_like(gs) if i is None else i
-        else:
-            a_g = torch.addcmul(one, gs, gs, value=-1)
-            a_g = a_g if i is None else a_g.mul_(i)
-        a_o = None if o is None else outs * sd_of["o"]  # da_o = dh * a_o
-        n_if = (i is not None) + ("f" in act)
-        a_if = sig.new_empty(T, B, n_if, H)  # da_i, da_f = dc * a_if
+            torch.addcmul(one, gs, gs, value=-1, out=a["g"])  # tanh' = 1 - tanh²
+            if i is not None:
+                a["g"].mul_(i)
         if i is not None:  # CIFG: f = 1 - i, so c = c_prev + i (g - c_prev)
-            torch.mul(gs - c_prev if "CIFG" in flags else gs, sd_of["i"], out=a_if[:, :, 0])
+            torch.mul(gs - c_prev if "CIFG" in flags else gs, sd_of["i"], out=a["i"])
         if "f" in act:
-            torch.mul(c_prev, sd_of["f"], out=a_if[:, :, n_if - 1])
+            torch.mul(c_prev, sd_of["f"], out=a["f"])
+        if o is not None:
+            torch.mul(outs, sd_of["o"], out=a["o"])
+        k_c = torch.ones_like(outs) if "NOAF" in flags else torch.addcmul(one, outs, outs, value=-1)
+        if o is not None:  # h = o ⊙ out(c_t)
+            k_c.mul_(o)
+        f = 1 - i if "CIFG" in flags else act.get("f")
+        f_c = torch.ones_like(outs) if f is None else f.clone()
+        p = {} if peep is None else dict(zip(names, peep.unbind(0)))
+        early = names[:E]
+        o_early = "o" in early and "o" in p  # o read c_{t-1}: its dh ⊙ a_o ⊙ p_o goes to dc_{t-1}
+        if "o" in p and not o_early:
+            k_c.addcmul_(a["o"], p["o"])
+        for n in early:
+            if n != "o" and n in p:
+                f_c.addcmul_(a[n], p[n])
+        k_h = (a["o"] * p["o"]).unbind(0) if o_early else None
 
-        da = hs.new_empty(T, B, w_hh.size(0))  # pre-activation gradients, every step
+        da = hs.new_empty(T, B, G * H)  # pre-activation gradients, every step
+        if w_ss is not None:
+            da[:, :, S * H :].zero_()  # FGR accumulates into da; e fills the sigmoid gates' part
         # Per-step views, made once (see the class docstring).
         da_at, da_sig = da.unbind(0), da[:, :, : S * H].unbind(0)
-        da_if = da[:, :, : n_if * H].view(T, B, n_if, H).unbind(0)
-        da_o, da_g = da[:, :, n_if * H : S * H].unbind(0), da[:, :, S * H :].unbind(0)
-        da_early = [da[:, :, e * H : (e + 1) * H].unbind(0) for e in range(E)]  # [gate][t]
-        k_c, a_g, f_at = k_c.unbind(0), a_g.unbind(0), None if f is None else f.unbind(0)
-        a_o = None if a_o is None else a_o.unbind(0)
-        a_if = a_if.unbind(0)
-        sd_at, d_hs = sd.unbind(0), d_hs.unbind(0)
+        da_of = {n: da[:, :, k * H : (k + 1) * H].unbind(0) for k, n in enumerate(names)}
+        A_at, k_c, f_c, sd_at, d_hs = A.view(T, B, G * H).unbind(0), k_c.unbind(0), f_c.unbind(0), sd.unbind(0), d_hs.unbind(0)
         dh_out = None if ctx.dh_out is None else ctx.dh_out.unbind(0)
-        p_early = None if peep is None or not E else peep[:E].unbind(0)
-        p_late = None if peep is None or E == S else peep[E]
+        M = hs.new_empty(B, G, H)
+        M_flat = M.view(B, G * H)
+        dc_slots = [k for k, n in enumerate(gates) if n != "o"]
+        M_dc = M[:, dc_slots[0]]
+        rest = dc_slots[1:]  # the other dc slots, as one strided view: (1, 3) or (1, 2) or (2,)
+        M_rest = M[:, rest[0] : rest[-1] + 1 : (rest[1] - rest[0] if len(rest) > 1 else 1)] if rest else None
+        M_dh = M[:, gates.index("o")] if o is not None else None
+        e_late = [da_of["o"]] if "o" in p and not o_early and w_ss is not None else []
+        e_early = [(da_of[n], p[n]) for n in early if n in p] if w_ss is not None else []
 
         dh_next = torch.zeros_like(hs[0])
-        dc = _zeros_if_none(d_c, cs[0])
+        dc_carry = _zeros_if_none(d_c, cs[0])
         ds_next = _zeros_if_none(d_s, sig[0]) if w_ss is not None else None
         for t in reversed(range(T)):
-            dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
-            dc = torch.addcmul(dc, dh, k_c[t])
-            if ds_next is not None:  # FGR: the sigmoid gates also fed the next step's gates
+            if dh_out is not None:
+                dh = torch.add(d_hs[t], dh_next, out=dh_out[t])
+                if M_dh is not None:
+                    M_dh.copy_(dh)
+            else:
+                dh = torch.add(d_hs[t], dh_next, out=M_dh) if M_dh is not None else d_hs[t] + dh_next
+            dc = torch.addcmul(dc_carry, dh, k_c[t], out=M_dc)
+            if ds_next is not None:  # FGR: e goes into the sigmoid gates' part of da first
                 torch.mul(ds_next, sd_at[t], out=da_sig[t])
-            if a_o is not None:
-                if ds_next is None:
-                    torch.mul(dh, a_o[t], out=da_o[t])
-                else:
-                    da_o[t].addcmul_(dh, a_o[t])
-                if p_late is not None:  # o peeked at c_t
-                    dc.addcmul_(da_o[t], p_late)
-            if n_if:
-                if ds_next is None:
-                    torch.mul(dc.unsqueeze(1), a_if[t], out=da_if[t])
-                else:
-                    da_if[t].addcmul_(dc.unsqueeze(1), a_if[t])
-            torch.mul(dc, a_g[t], out=da_g[t])
-            if f_at is not None:
-                dc = dc * f_at[t]  # now the gradient of c_{t-1}
-            if p_early is not None:  # the early gates peeked at c_{t-1}
-                for e in range(E):
-                    dc.addcmul_(da_early[e][t], p_early[e])
+                for da_o in e_late:
+                    dc.addcmul_(da_o[t], p["o"])
+            dc_carry = dc * f_c[t]  # the gradient of c_{t-1}
+            if k_h is not None:
+                dc_carry.addcmul_(dh, k_h[t])
+            for da_n, p_n in e_early:  # da_n[t] holds e_n alone until the product below
+                dc_carry.addcmul_(da_n[t], p_n)
+            if M_rest is not None:
+                M_rest.copy_(dc.unsqueeze(1))
+            if ds_next is None:
+                torch.mul(M_flat, A_at[t], out=da_at[t])
+            else:
+                da_at[t].addcmul_(M_flat, A_at[t])
             dh_next = da_at[t] @ w_hh
             if w_ss is not None:
                 ds_next = da_sig[t] @ w_ss
@@ -196,7 +215,7 @@ class GatedLSTM(torch.autograd.Function):
             d_peep = torch.stack([(_flat(da[:, :, k * H : (k + 1) * H]) * c).sum(0) for k, c in enumerate(c_seen)])
         if w_ss is not None:  # Σ_t da_sig[t]^T s_{t-1}, with s_{-1} = s0 (no (T, B, 3H) copy)
             d_w_ss = torch.addmm(da_sig[0].t() @ s0, _flat(da[1:, :, : S * H]).t(), _flat(sig[:-1]))
-        return da, dh_next, dc, ds_next, d_w_hh, d_peep, d_w_ss, None, None
+        return da, dh_next, dc_carry, ds_next, d_w_hh, d_peep, d_w_ss, None, None
 
 
 class GRUClassic(torch.autograd.Function):
