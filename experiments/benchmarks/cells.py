@@ -6,8 +6,9 @@
 One step = forward + backward + Adam of a depth-4, hidden-64, batch-64 model on 8 features,
 MSE on a many-to-one head. Variants are interleaved round by round (the machine's speed
 drifts), each round times ``--steps`` steps after one warm-up step; the table shows the median
-over rounds, the ratio to torch.nn.LSTM at the same length, and step(T=200)/step(T=50)
-(4 would be linear in T; much more means a quadratic backward).
+over rounds, the ratio to torch.nn.LSTM at the same length (the median of each round's ratio,
+so that drift between rounds cancels; the range over rounds in the last column), and
+step(T=200)/step(T=50) (4 would be linear in T; much more means a quadratic backward).
 """
 from __future__ import annotations
 
@@ -100,13 +101,16 @@ def main() -> None:
                 results.setdefault((name, T), []).append(time_steps(model, opts[name], *data[T], args.steps))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     med = {key: statistics.median(v) for key, v in results.items()}
+    ratios = {(name, T): [a / b for a, b in zip(results[name, T], results["torch.nn.LSTM", T])] for name, T in results}
+    last = args.lengths[-1]
     cols = " | ".join(f"T={T} ms | ×nn.LSTM" for T in args.lengths)
-    print(f"\n| cell | {cols} | T={args.lengths[-1]}/T={args.lengths[0]} |")
-    print("|---|" + "---|---|" * len(args.lengths) + "---|")
+    print(f"\n| cell | {cols} | T={last}/T={args.lengths[0]} | T={last} ×nn.LSTM, range over rounds |")
+    print("|---|" + "---|---|" * len(args.lengths) + "---|---|")
     for name in models:
-        row = " | ".join(f"{1e3 * med[name, T]:.1f} | {med[name, T] / med['torch.nn.LSTM', T]:.2f}" for T in args.lengths)
-        growth = med[name, args.lengths[-1]] / med[name, args.lengths[0]]
-        print(f"| {name} | {row} | {growth:.2f} |")
+        row = " | ".join(f"{1e3 * med[name, T]:.1f} | {statistics.median(ratios[name, T]):.2f}" for T in args.lengths)
+        growth = med[name, last] / med[name, args.lengths[0]]
+        spread = f"{min(ratios[name, last]):.2f}-{max(ratios[name, last]):.2f}"
+        print(f"| {name} | {row} | {growth:.2f} | {spread} |")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
 
 
