@@ -131,8 +131,6 @@ class GatedLSTM(torch.autograd.Function):
         #     dc_t     = dc_{t+1 -> t} + dh ⊙ k_c + e_o ⊙ p_o           (o reads c_t)
         #     dc_{t-1} = dc_t ⊙ f_c + Σ_early e_n ⊙ p_n                 (f_c: f and the early peepholes)
         act = dict(zip(names, sig.split(H, 2)))  # (T, B, H) each
-        sd = torch.addcmul(sig, sig, sig, value=-1)  # σ' = σ - σ² of every sigmoid gate
-        sd_of = dict(zip(names, sd.split(H, 2)))
         i, o, c_prev = act.get("i"), act.get("o"), cs[:-1]
         one = sig.new_ones(())
         A = sig.new_empty(T, B, G, H)
@@ -143,17 +141,21 @@ class GatedLSTM(torch.autograd.Function):
             torch.addcmul(one, gs, gs, value=-1, out=a["g"])  # tanh' = 1 - tanh²
             if i is not None:
                 a["g"].mul_(i)
-        if i is not None:  # CIFG: f = 1 - i, so c = c_prev + i (g - c_prev)
-            torch.mul(gs - c_prev if "CIFG" in flags else gs, sd_of["i"], out=a["i"])
-        if "f" in act:
-            torch.mul(c_prev, sd_of["f"], out=a["f"])
-        if o is not None:
-            torch.mul(outs, sd_of["o"], out=a["o"])
+        # σ' = σ - σ² of each sigmoid gate, in its slot, times what the gate multiplies (CIFG:
+        # f = 1 - i, so c = c_prev + i (g - c_prev)). T = 200 buffers outgrow the caches, so each
+        # pass and buffer saved counts; FGR also needs σ' itself in the loop: one more buffer.
+        sd = None if w_ss is None else torch.addcmul(sig, sig, sig, value=-1)
+        times = {"i": gs - c_prev if "CIFG" in flags else gs, "f": c_prev, "o": outs}
+        for k, n in enumerate(names):
+            if sd is None:
+                torch.addcmul(act[n], act[n], act[n], value=-1, out=a[n]).mul_(times[n])
+            else:
+                torch.mul(sd[:, :, k * H : (k + 1) * H], times[n], out=a[n])
         k_c = torch.ones_like(outs) if "NOAF" in flags else torch.addcmul(one, outs, outs, value=-1)
         if o is not None:  # h = o ⊙ out(c_t)
             k_c.mul_(o)
         f = 1 - i if "CIFG" in flags else act.get("f")
-        f_c = torch.ones_like(outs) if f is None else f.clone()
+        f_c = torch.ones_like(outs) if f is None else f  # read-only in the loop: a view will do
         p = {} if peep is None else dict(zip(names, peep.unbind(0)))
         early = names[:E]
         o_early = "o" in early and "o" in p  # o read c_{t-1}: its dh ⊙ a_o ⊙ p_o goes to dc_{t-1}
@@ -161,7 +163,7 @@ class GatedLSTM(torch.autograd.Function):
             k_c.addcmul_(a["o"], p["o"])
         for n in early:
             if n != "o" and n in p:
-                f_c.addcmul_(a[n], p[n])
+                f_c = torch.addcmul(f_c, a[n], p[n])
         k_h = (a["o"] * p["o"]).unbind(0) if o_early else None
 
         da = hs.new_empty(T, B, G * H)  # pre-activation gradients, every step
@@ -170,7 +172,8 @@ class GatedLSTM(torch.autograd.Function):
         # Per-step views, made once (see the class docstring).
         da_at, da_sig = da.unbind(0), da[:, :, : S * H].unbind(0)
         da_of = {n: da[:, :, k * H : (k + 1) * H].unbind(0) for k, n in enumerate(names)}
-        A_at, k_c, f_c, sd_at, d_hs = A.view(T, B, G * H).unbind(0), k_c.unbind(0), f_c.unbind(0), sd.unbind(0), d_hs.unbind(0)
+        A_at, k_c, f_c, d_hs = A.view(T, B, G * H).unbind(0), k_c.unbind(0), f_c.unbind(0), d_hs.unbind(0)
+        sd_at = None if sd is None else sd.unbind(0)
         dh_out = None if ctx.dh_out is None else ctx.dh_out.unbind(0)
         M = hs.new_empty(B, G, H)
         M_flat = M.view(B, G * H)
