@@ -81,12 +81,19 @@ class Tracker:
     queues, so training never waits on the store, even while the store is down (the writer
     spools and replays). The writer also outlives a trainer killed with SIGKILL long enough
     to mark the run KILLED. ``run_id`` continues an existing run (resume).
+
+    Its own accounting, for the run's summary: ``call_seconds`` the trainer spent inside these
+    methods (and starting the writer), ``finish_seconds`` it waited in ``finish`` for the last
+    delivery, ``writer_cpu_seconds`` the writer process's CPU time (known after ``finish``).
     """
 
     def __init__(
         self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
         run_id: str | None = None, spool_dir: Path | None = None,
     ) -> None:
+        started = time.perf_counter()
+        self.call_seconds = self.finish_seconds = 0.0
+        self.writer_cpu_seconds: float | None = None
         check_reachable(uri)
         self.uri = uri
         self._run_id = run_id
@@ -103,42 +110,57 @@ class Tracker:
         self._writer.start()
         self._error: str | None = None
         self._finished = False
+        self.call_seconds += time.perf_counter() - started
 
     @property
     def run_id(self) -> str | None:
         """The run's id once the writer has created (or reopened) it; None until then."""
+        started = time.perf_counter()
         while not self._finished and (self._run_id is None or self.experiment_id is None):
             try:
-                _, run_id, experiment_id, error = self._replies.get_nowait()
+                _, run_id, experiment_id, error, _ = self._replies.get_nowait()
             except queue.Empty:
                 break
             self._run_id, self.experiment_id = run_id or self._run_id, experiment_id
             self._error = self._error or error
+        self.call_seconds += time.perf_counter() - started
         return self._run_id
 
     # Each call only queues: the training thread never waits on the store.
     def log_params(self, params: dict[str, Any]) -> None:
         check_params(params)
-        self._work.put(("params", {k: str(v) for k, v in params.items()}))
+        self._put(("params", {k: str(v) for k, v in params.items()}))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._work.put(("metrics", [(k, float(v), now, step) for k, v in metrics.items()]))
+        self._put(("metrics", [(k, float(v), now, step) for k, v in metrics.items()]))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._work.put(("tags", {k: str(v) for k, v in tags.items()}))
+        self._put(("tags", {k: str(v) for k, v in tags.items()}))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._work.put(("artifact", (str(path), artifact_path)))
+        self._put(("artifact", (str(path), artifact_path)))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        started = time.perf_counter()
+        self._work.put(item)
+        self.call_seconds += time.perf_counter() - started
 
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> None:
         """Deliver what is queued, end the run with ``status``, and wait up to ``timeout``
         seconds (what is still undelivered then stays in the spool file for a replay)."""
+        started = time.perf_counter()
+        try:
+            self._finish(status, timeout)
+        finally:
+            self.finish_seconds += time.perf_counter() - started
+
+    def _finish(self, status: str, timeout: float) -> None:
         self._work.put(("finish", (status, timeout)))
         deadline = time.monotonic() + timeout + 0.5
         while True:
             try:
-                kind, run_id, experiment_id, error = self._replies.get(timeout=1.0)
+                kind, run_id, experiment_id, error, cpu = self._replies.get(timeout=1.0)
             except queue.Empty:
                 if not self._writer.is_alive():
                     error = self._error or f"the tracking process died (exit code {self._writer.exitcode})"
@@ -150,7 +172,7 @@ class Tracker:
             self._run_id, self.experiment_id = run_id or self._run_id, experiment_id or self.experiment_id
             self._error = self._error or error
             if kind == "done":
-                error = self._error
+                error, self.writer_cpu_seconds = self._error, cpu
                 break
         self._writer.join(timeout=1)
         self._finished = True
@@ -178,10 +200,10 @@ def _write(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     try:
         sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool)
-        replies.put(("started", sender.run_id, sender.experiment_id, None))
+        replies.put(("started", sender.run_id, sender.experiment_id, None, None))
     except Exception as e:
         sender = None
-        replies.put(("started", None, None, _one_line(e)))
+        replies.put(("started", None, None, _one_line(e), None))
     while True:
         try:
             items = [work.get(timeout=1.0)]
@@ -200,7 +222,7 @@ def _write(
                 break
         if sender is None:
             if items[-1][0] == "finish":
-                replies.put(("done", None, None, None))
+                replies.put(("done", None, None, None, time.process_time()))
                 return
             continue
         sender.send([item for item in items if item[0] != "finish"])
@@ -208,7 +230,7 @@ def _write(
         if items[-1][0] == "finish":
             status, timeout = items[-1][1]
             sender.finish(status, timeout)
-            replies.put(("done", sender.run_id, sender.experiment_id, None))
+            replies.put(("done", sender.run_id, sender.experiment_id, None, time.process_time()))
             return
 
 
