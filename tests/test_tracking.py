@@ -156,7 +156,7 @@ def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
     import rnnlab.tracking as tracking
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", "r", tags={})
-    deadline = time.monotonic() + 60  # the writer lowers its priority first thing
+    deadline = time.monotonic() + 60  # the writer lowers its priority once the store is open
     while os.getpriority(os.PRIO_PROCESS, tracker._writer.pid) == os.getpriority(os.PRIO_PROCESS, 0):
         assert time.monotonic() < deadline
         time.sleep(0.05)
