@@ -448,9 +448,18 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
             ("run id", tracker.run_id),
             ("open the UI", ui_command(config.tracking.uri)),
             ("", f"then http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"),
+            ("tracking", _tracking_cost(tracker)),
         ]
     print(summary(rows, f"rnnlab run {run_name}"))
     return {"val_loss": result.best_val_loss, "n_params": float(n_params), **final}
+
+
+def _tracking_cost(tracker: Any) -> str:
+    """What tracking cost this run: the trainer's seconds in Tracker calls and waiting for the
+    last delivery, and the writer process's CPU (on a machine torch keeps busy, CPU it took
+    from somewhere). experiments/benchmarks/tracking.py reads this line."""
+    cpu = f"{tracker.writer_cpu_seconds:.1f} s" if tracker.writer_cpu_seconds is not None else "unknown"
+    return f"{tracker.call_seconds:.2f} s in calls, {tracker.finish_seconds:.2f} s in finish, writer {cpu} CPU"
 
 
 def _ratio(model: float, baseline: float) -> str:

@@ -123,12 +123,58 @@ def test_null_tracker_accepts_everything_and_writes_nothing(tmp_path):
     assert t.run_id is None and list(tmp_path.iterdir()) == []
 
 
+def test_metrics_held_for_a_batch_all_arrive_with_their_steps_at_finish(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", "r", tags={}, batch_seconds=3600)  # nothing is sent before finish
+    for step in range(1, 201):  # a probe's worth of keys, 200 times: 4,400 values
+        tracker.log_metrics({f"probe/k{i}": step + i / 100 for i in range(22)}, step)
+    deadline = time.monotonic() + 60
+    while tracker.run_id is None and time.monotonic() < deadline:  # the run exists...
+        time.sleep(0.2)
+    client = MlflowClient(uri)
+    assert client.get_metric_history(tracker.run_id, "probe/k0") == []  # ...but its metrics wait
+    tracker.finish()
+    for i in (0, 21):
+        history = client.get_metric_history(tracker.run_id, f"probe/k{i}")
+        assert sorted((m.step, m.value) for m in history) == [(s, s + i / 100) for s in range(1, 201)]
+
+
+def test_the_writer_sends_every_batch_seconds_not_only_at_finish(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", "r", tags={}, batch_seconds=0.5)
+    tracker.log_metrics({"loss": 1.0}, 1)
+    deadline, history = time.monotonic() + 60, []
+    while not history and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if tracker.run_id is not None:
+            history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0)]  # delivered while the run goes on
+    tracker.finish()
+
+
+def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
+    import rnnlab.tracking as tracking
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", "r", tags={})
+    deadline = time.monotonic() + 60  # the writer lowers its priority once the store is open
+    while os.getpriority(os.PRIO_PROCESS, tracker._writer.pid) == os.getpriority(os.PRIO_PROCESS, 0):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    niceness = os.getpriority(os.PRIO_PROCESS, tracker._writer.pid)
+    assert niceness == min(os.getpriority(os.PRIO_PROCESS, 0) + tracking.WRITER_NICENESS, 19)
+    tracker.log_metrics({"loss": 1.0}, 1)
+    tracker.finish()
+    assert not tracker._writer.is_alive() and tracker._writer.exitcode == 0  # gone, not tearing down
+    assert tracker.writer_cpu_seconds > 0.5  # importing MLflow and creating the store, at least
+    assert 0 < tracker.call_seconds < 5 and 0 < tracker.finish_seconds < 60
+
+
 def test_a_trainer_killed_with_sigkill_leaves_its_run_killed_not_running(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     code = f"""
 import os, signal, time
 from rnnlab.tracking import Tracker
-t = Tracker({uri!r}, "exp", "doomed", tags={{}})
+t = Tracker({uri!r}, "exp", "doomed", tags={{}}, batch_seconds=3600)  # so the metric waits in the writer
 t.log_metrics({{"loss": 1.0}}, 1)
 time.sleep(8)  # the writer opens the store meanwhile
 os.kill(os.getpid(), signal.SIGKILL)
