@@ -241,6 +241,20 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
 
     if config.allocator == "tuned":
         runtime.tune_allocator()
+    writer = None
+    if config.tracking.enabled:  # first: its MLflow import overlaps the start-up below
+        from rnnlab.tracking import Writer
+
+        writer = Writer()
+    try:
+        return _run(config, output_dir, command, secrets, writer)
+    finally:
+        if writer is not None and not writer.opened:
+            writer.close()  # the run was rejected before it was opened: nothing was written
+
+
+def _run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozenset[str], writer: Any) -> dict[str, float]:
+    from rnnlab import runtime
     import numpy as np
     import torch
 
@@ -298,7 +312,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
         tags.update(trial.tags)
         try:  # fails fast on a store that cannot work; opening it overlaps the training
             tracker: Any = Tracker(config.tracking.uri, config.tracking.experiment, run_name, tags,
-                                   run_id=run_id, spool_dir=output_dir)
+                                   run_id=run_id, spool_dir=output_dir, writer=writer)
         except TrackingError as e:
             raise RunError(str(e)) from None
         if state is None:

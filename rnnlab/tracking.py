@@ -83,6 +83,37 @@ RETRY_SECONDS = 5.0  # how often the writer retries a store that went away
 SPOOL = "tracking-spool.jsonl"  # undelivered work, beside the run's other files, until delivered
 
 
+class Writer:
+    """The writer process, started before the job knows its run: it imports MLflow (~1 s of
+    CPU) on the idle core while the job does its own single-threaded start-up (torch, data,
+    model), then waits to be told which store and run to open. ``Tracker(..., writer=...)``
+    takes it over; ``close()`` lets it go unused (a rejected run: it opened nothing, so
+    nothing is written)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+        self.work = context.Queue()
+        self.replies = context.Queue()
+        self.process = context.Process(
+            target=_write, args=(self.work, self.replies, os.getpid()), name="rnnlab-tracking", daemon=True
+        )
+        self.process.start()
+        self.opened = False
+
+    def open(self, *run: Any) -> None:
+        """Open the store and the run: (uri, experiment, run_name, tags, run_id, spool, batch_seconds)."""
+        self.work.put(("open", run))
+        self.opened = True
+
+    def close(self) -> None:
+        """Let an unopened writer go."""
+        self.work.put(("quit", None))
+        self.process.join(timeout=5)
+        for q in (self.work, self.replies):
+            q.close()
+            q.join_thread()
+
+
 class Tracker:
     """One MLflow run, fed by the training process, written by a separate writer process.
 
@@ -100,6 +131,7 @@ class Tracker:
     def __init__(
         self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
         run_id: str | None = None, spool_dir: Path | None = None, batch_seconds: float = BATCH_SECONDS,
+        writer: Writer | None = None,
     ) -> None:
         started = time.perf_counter()
         self.call_seconds = self.finish_seconds = 0.0
@@ -108,16 +140,10 @@ class Tracker:
         self.uri = uri
         self._run_id = run_id
         self.experiment_id: str | None = None
-        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
-        self._work = context.Queue()
-        self._replies = context.Queue()
+        writer = writer or Writer()
+        self._work, self._replies, self._writer = writer.work, writer.replies, writer.process
         spool = str(Path(spool_dir) / SPOOL) if spool_dir is not None else None
-        self._writer = context.Process(
-            target=_write,
-            args=(self._work, self._replies, uri, experiment, run_name, tags, run_id, spool, os.getpid(), batch_seconds),
-            name="rnnlab-tracking", daemon=True,
-        )
-        self._writer.start()
+        writer.open(uri, experiment, run_name, tags, run_id, spool, batch_seconds)
         self._error: str | None = None
         self._finished = False
         self.call_seconds += time.perf_counter() - started
@@ -193,13 +219,11 @@ class Tracker:
             raise TrackingError(f"tracking.uri={self.uri!r}: {error}")
 
 
-def _write(
-    work: Any, replies: Any, uri: str, experiment: str, run_name: str, tags: dict[str, str],
-    run_id: str | None, spool: str | None, parent: int, batch_seconds: float = BATCH_SECONDS,
-) -> None:
-    """The writer process: open the store, create (or reopen) the run, send what arrived every
-    ``batch_seconds`` until told to finish, stamp a heartbeat, and retry a store that went
-    away. If the trainer dies without saying so (SIGKILL), end the run as KILLED."""
+def _write(work: Any, replies: Any, parent: int) -> None:
+    """The writer process: import MLflow, wait to be told the store and run (or to quit), open
+    the store, create (or reopen) the run, send what arrived every ``batch_seconds`` until
+    told to finish, stamp a heartbeat, and retry a store that went away. If the trainer dies
+    without saying so (SIGKILL), end the run as KILLED."""
     # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the trainer decides how
     # the run ends and says so; the writer must live to write it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -208,6 +232,17 @@ def _write(
     # and retried by the writer, so each attempt should fail fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    _quiet_mlflow()  # the import, while the trainer starts up (see Writer)
+    while True:
+        try:
+            kind, payload = work.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if os.getppid() != parent:
+                os._exit(0)
+    if kind != "open":  # quit: the run was rejected before it was opened
+        os._exit(0)
+    uri, experiment, run_name, tags, run_id, spool, batch_seconds = payload
     try:
         sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool)
         replies.put(("started", sender.run_id, sender.experiment_id, None, None))

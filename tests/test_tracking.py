@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from rnnlab.tracking import NullTracker, Sender, Tracker, TrackingError, check_params
+from rnnlab.tracking import NullTracker, Sender, Tracker, TrackingError, Writer, check_params
 
 
 def test_a_run_gets_params_metrics_artifacts_and_status(tmp_path):
@@ -249,3 +249,21 @@ def test_a_60_second_server_outage_loses_nothing_and_never_blocks_training(mlflo
         assert sorted(m.step for m in history) == list(range(1, step + 1))  # zero points lost
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     assert not (tmp_path / "tracking-spool.jsonl").exists()  # delivered, so nothing left spooled
+
+
+def test_a_tracker_takes_over_a_writer_started_before_the_run_was_known(tmp_path):
+    writer = Writer()  # what the job does first: MLflow's import overlaps its own start-up
+    time.sleep(0.2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert not (tmp_path / "mlflow.db").exists()  # an early writer opens nothing by itself
+    tracker = Tracker(uri, "exp", "r", tags={}, writer=writer)
+    tracker.log_metrics({"loss": 0.5}, 7)
+    tracker.finish()
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(7, 0.5)]
+
+
+def test_an_early_writer_let_go_unopened_exits_at_once():
+    writer = Writer()
+    writer.close()
+    assert writer.process.exitcode == 0  # close() joined it: it ended, and cleanly
