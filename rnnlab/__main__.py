@@ -245,7 +245,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     if config.tracking.enabled:  # first: its MLflow import overlaps the start-up below
         from rnnlab.tracking import Writer
 
-        writer = Writer()
+        writer = Writer(config.tracking.uri)
     try:
         return _run(config, output_dir, command, secrets, writer)
     finally:
@@ -473,7 +473,9 @@ def _tracking_cost(tracker: Any) -> str:
     last delivery, and the writer process's CPU (on a machine torch keeps busy, CPU it took
     from somewhere). experiments/benchmarks/tracking.py reads this line."""
     cpu = f"{tracker.writer_cpu_seconds:.1f} s" if tracker.writer_cpu_seconds is not None else "unknown"
-    return f"{tracker.call_seconds:.2f} s in calls, {tracker.finish_seconds:.2f} s in finish, writer {cpu} CPU"
+    early = tracker.writer_cpu_before_open
+    before = f" ({early:.1f} s before the run opened)" if early is not None else ""
+    return f"{tracker.call_seconds:.2f} s in calls, {tracker.finish_seconds:.2f} s in finish, writer {cpu} CPU{before}"
 
 
 def _ratio(model: float, baseline: float) -> str:

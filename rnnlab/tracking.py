@@ -84,18 +84,19 @@ SPOOL = "tracking-spool.jsonl"  # undelivered work, beside the run's other files
 
 
 class Writer:
-    """The writer process, started before the job knows its run: it imports MLflow (~1 s of
+    """The writer process, started before the job knows its run: it imports MLflow (~1.4 s of
     CPU) on the idle core while the job does its own single-threaded start-up (torch, data,
-    model), then waits to be told which store and run to open. ``Tracker(..., writer=...)``
+    model), and connects to ``uri`` if that is a SQLite file that already exists (~0.7 s more;
+    it only reads), then waits to be told which store and run to open. ``Tracker(..., writer=...)``
     takes it over; ``close()`` lets it go unused (a rejected run: it opened nothing, so
     nothing is written)."""
 
-    def __init__(self) -> None:
+    def __init__(self, uri: str | None = None) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
         self.work = context.Queue()
         self.replies = context.Queue()
         self.process = context.Process(
-            target=_write, args=(self.work, self.replies, os.getpid()), name="rnnlab-tracking", daemon=True
+            target=_write, args=(self.work, self.replies, os.getpid(), uri), name="rnnlab-tracking", daemon=True
         )
         self.process.start()
         self.opened = False
@@ -125,7 +126,9 @@ class Tracker:
 
     Its own accounting, for the run's summary: ``call_seconds`` the trainer spent inside these
     methods (and starting the writer), ``finish_seconds`` it waited in ``finish`` for the last
-    delivery, ``writer_cpu_seconds`` the writer process's CPU time (known after ``finish``).
+    delivery, ``writer_cpu_seconds`` the writer process's CPU time (known after ``finish``), of
+    which ``writer_cpu_before_open`` was spent before the run was opened (an early ``Writer``'s
+    MLflow import, while the job was still starting up).
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class Tracker:
         started = time.perf_counter()
         self.call_seconds = self.finish_seconds = 0.0
         self.writer_cpu_seconds: float | None = None
+        self.writer_cpu_before_open: float | None = None  # its MLflow import, during the job's start-up
         check_reachable(uri)
         self.uri = uri
         self._run_id = run_id
@@ -154,9 +158,11 @@ class Tracker:
         started = time.perf_counter()
         while not self._finished and (self._run_id is None or self.experiment_id is None):
             try:
-                _, run_id, experiment_id, error, _ = self._replies.get_nowait()
+                kind, run_id, experiment_id, error, cpu = self._replies.get_nowait()
             except queue.Empty:
                 break
+            if kind == "started":
+                self.writer_cpu_before_open = cpu
             self._run_id, self.experiment_id = run_id or self._run_id, experiment_id
             self._error = self._error or error
         self.call_seconds += time.perf_counter() - started
@@ -207,6 +213,8 @@ class Tracker:
                 continue
             self._run_id, self.experiment_id = run_id or self._run_id, experiment_id or self.experiment_id
             self._error = self._error or error
+            if kind == "started":
+                self.writer_cpu_before_open = cpu
             if kind == "done":
                 error, self.writer_cpu_seconds = self._error, cpu
                 break
@@ -219,7 +227,7 @@ class Tracker:
             raise TrackingError(f"tracking.uri={self.uri!r}: {error}")
 
 
-def _write(work: Any, replies: Any, parent: int) -> None:
+def _write(work: Any, replies: Any, parent: int, early_uri: str | None = None) -> None:
     """The writer process: import MLflow, wait to be told the store and run (or to quit), open
     the store, create (or reopen) the run, send what arrived every ``batch_seconds`` until
     told to finish, stamp a heartbeat, and retry a store that went away. If the trainer dies
@@ -233,6 +241,7 @@ def _write(work: Any, replies: Any, parent: int) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     _quiet_mlflow()  # the import, while the trainer starts up (see Writer)
+    client = _connect_if_it_exists(early_uri)
     while True:
         try:
             kind, payload = work.get(timeout=1.0)
@@ -243,12 +252,14 @@ def _write(work: Any, replies: Any, parent: int) -> None:
     if kind != "open":  # quit: the run was rejected before it was opened
         os._exit(0)
     uri, experiment, run_name, tags, run_id, spool, batch_seconds = payload
+    cpu_at_open = time.process_time()  # spent while the trainer was still starting up
     try:
-        sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool)
-        replies.put(("started", sender.run_id, sender.experiment_id, None, None))
+        sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool,
+                                       client=client if uri == early_uri else None)
+        replies.put(("started", sender.run_id, sender.experiment_id, None, cpu_at_open))
     except Exception as e:
         sender = None
-        replies.put(("started", None, None, _one_line(e), None))
+        replies.put(("started", None, None, _one_line(e), cpu_at_open))
     # Lower priority only now that the store is open: niced from the start, the import and
     # the store's creation (~3 s of CPU) were spread over the first epochs in small slices,
     # each a torch thread's stall (measured: +23% wall against +7% this way, 3-epoch runs).
@@ -288,6 +299,23 @@ def _write(work: Any, replies: Any, parent: int) -> None:
         sender.tick()
 
 
+def _connect_if_it_exists(uri: str | None) -> Any:
+    """An MlflowClient for a SQLite store that already exists, else None. Connecting checks the
+    schema (~0.7 s of CPU) and writes nothing to a store that has its tables; a missing file it
+    would create, and another database it might migrate, so those wait for the run's go-ahead."""
+    store = local_store_dir(uri) if uri else None
+    if store is None or not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+        return client
+    except Exception:  # the real attempt, after "open", reports what is wrong
+        return None
+
+
 def _leave(replies: Any) -> None:
     """End the writer at once, its last reply on its way: everything is in the store (or the
     spool), and a normal exit would spend ~0.8 s tearing MLflow's modules down while the
@@ -307,13 +335,13 @@ class Sender:
 
     def __init__(
         self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
-        run_id: str | None = None, spool: str | None = None,
+        run_id: str | None = None, spool: str | None = None, client: Any = None,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
         _quiet_mlflow()
         self.uri = uri
-        self.client = MlflowClient(uri)
+        self.client = client or MlflowClient(uri)
         self.spool = Path(spool) if spool else None
         self.pending: list[tuple[str, Any]] = []
         self.warned = False

@@ -166,6 +166,8 @@ def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
     tracker.finish()
     assert not tracker._writer.is_alive() and tracker._writer.exitcode == 0  # gone, not tearing down
     assert tracker.writer_cpu_seconds > 0.5  # importing MLflow and creating the store, at least
+    # Its MLflow import came before the run was opened; creating the store after.
+    assert 0.1 < tracker.writer_cpu_before_open < tracker.writer_cpu_seconds
     assert 0 < tracker.call_seconds < 5 and 0 < tracker.finish_seconds < 60
 
 
@@ -263,7 +265,19 @@ def test_a_tracker_takes_over_a_writer_started_before_the_run_was_known(tmp_path
     assert [(m.step, m.value) for m in history] == [(7, 0.5)]
 
 
-def test_an_early_writer_let_go_unopened_exits_at_once():
-    writer = Writer()
+def test_an_early_writer_let_go_unopened_exits_at_once_and_creates_no_store(tmp_path):
+    writer = Writer(f"sqlite:///{tmp_path}/mlflow.db")  # a store that does not exist yet
     writer.close()
     assert writer.process.exitcode == 0  # close() joined it: it ended, and cleanly
+    assert not (tmp_path / "mlflow.db").exists()  # a rejected run writes nothing
+
+
+def test_an_early_writer_connects_to_an_existing_store_and_the_run_goes_there(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # the store exists, as outputs/mlflow.db after a first run
+    tracker = Tracker(uri, "exp", "r", tags={}, writer=Writer(uri))
+    tracker.log_metrics({"loss": 0.25}, 3)
+    tracker.finish()
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(3, 0.25)]
+    assert tracker.writer_cpu_before_open > 0.3  # the import and the connection came before
