@@ -102,7 +102,8 @@ class Writer:
         self.opened = False
 
     def open(self, *run: Any) -> None:
-        """Open the store and the run: (uri, experiment, run_name, tags, run_id, spool, batch_seconds)."""
+        """Open the store and the run: (uri, experiment, run_name, tags, run_id, spool,
+        batch_seconds, the trainer's time.time() when it asked)."""
         self.work.put(("open", run))
         self.opened = True
 
@@ -147,7 +148,7 @@ class Tracker:
         writer = writer or Writer()
         self._work, self._replies, self._writer = writer.work, writer.replies, writer.process
         spool = str(Path(spool_dir) / SPOOL) if spool_dir is not None else None
-        writer.open(uri, experiment, run_name, tags, run_id, spool, batch_seconds)
+        writer.open(uri, experiment, run_name, tags, run_id, spool, batch_seconds, time.time())
         self._error: str | None = None
         self._finished = False
         self.call_seconds += time.perf_counter() - started
@@ -251,8 +252,11 @@ def _write(work: Any, replies: Any, parent: int, early_uri: str | None = None) -
                 os._exit(0)
     if kind != "open":  # quit: the run was rejected before it was opened
         os._exit(0)
-    uri, experiment, run_name, tags, run_id, spool, batch_seconds = payload
-    cpu_at_open = time.process_time()  # spent while the trainer was still starting up
+    uri, experiment, run_name, tags, run_id, spool, batch_seconds, asked_at = payload
+    # The CPU spent while the trainer was still starting up. If the trainer asked while this
+    # process was still importing or connecting, that last stretch overlapped training: count
+    # it (at most its wall time) as after the open.
+    cpu_at_open = max(0.0, time.process_time() - max(0.0, time.time() - asked_at))
     try:
         sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool,
                                        client=client if uri == early_uri else None)
