@@ -101,6 +101,10 @@ class Writer:
         self.process.start()
         self.opened = False
 
+    def connect(self, uri: str) -> None:
+        """For a writer started before the store was known: connect now if it exists (as above)."""
+        self.work.put(("connect", uri))
+
     def open(self, *run: Any) -> None:
         """Open the store and the run: (uri, experiment, run_name, tags, run_id, spool,
         batch_seconds, the trainer's time.time() when it asked)."""
@@ -108,9 +112,13 @@ class Writer:
         self.opened = True
 
     def close(self) -> None:
-        """Let an unopened writer go."""
-        self.work.put(("quit", None))
-        self.process.join(timeout=5)
+        """Let an unopened writer go. It has opened nothing and has nothing to send, so it is
+        killed at once rather than waited for (it may still be importing MLflow), and killed
+        rather than terminated: it ignores SIGTERM, so multiprocessing's exit handler, which
+        terminates and then joins daemonic children, would wait on it forever."""
+        assert not self.opened, "an opened writer ends through Tracker.finish"
+        self.process.kill()
+        self.process.join()
         for q in (self.work, self.replies):
             q.close()
             q.join_thread()
@@ -229,7 +237,7 @@ class Tracker:
 
 
 def _write(work: Any, replies: Any, parent: int, early_uri: str | None = None) -> None:
-    """The writer process: import MLflow, wait to be told the store and run (or to quit), open
+    """The writer process: import MLflow, wait to be told the store and run (or be killed), open
     the store, create (or reopen) the run, send what arrived every ``batch_seconds`` until
     told to finish, stamp a heartbeat, and retry a store that went away. If the trainer dies
     without saying so (SIGKILL), end the run as KILLED."""
@@ -246,12 +254,16 @@ def _write(work: Any, replies: Any, parent: int, early_uri: str | None = None) -
     while True:
         try:
             kind, payload = work.get(timeout=1.0)
-            break
         except queue.Empty:
             if os.getppid() != parent:
                 os._exit(0)
-    if kind != "open":  # quit: the run was rejected before it was opened
-        os._exit(0)
+            continue
+        if kind != "connect":
+            break
+        early_uri = payload
+        client = _connect_if_it_exists(early_uri)
+    if kind != "open":  # nothing else comes before the open
+        os._exit(1)
     uri, experiment, run_name, tags, run_id, spool, batch_seconds, asked_at = payload
     # The CPU spent while the trainer was still starting up. If the trainer asked while this
     # process was still importing or connecting, that last stretch overlapped training: count
