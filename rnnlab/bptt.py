@@ -182,7 +182,7 @@ class GatedLSTM(torch.autograd.Function):
         rest = dc_slots[1:]  # the other dc slots, as one strided view: (1, 3) or (1, 2) or (2,)
         M_rest = M[:, rest[0] : rest[-1] + 1 : (rest[1] - rest[0] if len(rest) > 1 else 1)] if rest else None
         M_dh = M[:, gates.index("o")] if o is not None else None
-        e_late = [da_of["o"]] if "o" in p and not o_early and w_ss is not None else []
+        e_o = da_of["o"] if "o" in p and not o_early and w_ss is not None else None  # FGR's e_o ⊙ p_o
         e_early = [(da_of[n], p[n]) for n in early if n in p] if w_ss is not None else []
 
         dh_next = torch.zeros_like(hs[0])
@@ -198,8 +198,8 @@ class GatedLSTM(torch.autograd.Function):
             dc = torch.addcmul(dc_carry, dh, k_c[t], out=M_dc)
             if ds_next is not None:  # FGR: e goes into the sigmoid gates' part of da first
                 torch.mul(ds_next, sd_at[t], out=da_sig[t])
-                for da_o in e_late:
-                    dc.addcmul_(da_o[t], p["o"])
+                if e_o is not None:
+                    dc.addcmul_(e_o[t], p["o"])
             dc_carry = dc * f_c[t]  # the gradient of c_{t-1}
             if k_h is not None:
                 dc_carry.addcmul_(dh, k_h[t])

@@ -96,10 +96,12 @@ class Writer:
         self.work = context.Queue()
         self.replies = context.Queue()
         self.process = context.Process(
-            target=_write, args=(self.work, self.replies, os.getpid(), uri), name="rnnlab-tracking", daemon=True
+            target=_write, args=(self.work, self.replies, os.getpid()), name="rnnlab-tracking", daemon=True
         )
         self.process.start()
         self.opened = False
+        if uri is not None:
+            self.connect(uri)
 
     def connect(self, uri: str) -> None:
         """For a writer started before the store was known: connect now if it exists (as above)."""
@@ -167,13 +169,9 @@ class Tracker:
         started = time.perf_counter()
         while not self._finished and (self._run_id is None or self.experiment_id is None):
             try:
-                kind, run_id, experiment_id, error, cpu = self._replies.get_nowait()
+                self._note(self._replies.get_nowait())
             except queue.Empty:
                 break
-            if kind == "started":
-                self.writer_cpu_before_open = cpu
-            self._run_id, self.experiment_id = run_id or self._run_id, experiment_id
-            self._error = self._error or error
         self.call_seconds += time.perf_counter() - started
         return self._run_id
 
@@ -191,6 +189,17 @@ class Tracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._put(("artifact", (str(path), artifact_path)))
+
+    def _note(self, reply: tuple[str, str | None, str | None, str | None, float | None]) -> str:
+        """Take in one of the writer's replies ("started" or "done"); returns its kind."""
+        kind, run_id, experiment_id, error, cpu = reply
+        self._run_id, self.experiment_id = run_id or self._run_id, experiment_id or self.experiment_id
+        self._error = self._error or error
+        if kind == "started":
+            self.writer_cpu_before_open = cpu
+        else:
+            self.writer_cpu_seconds = cpu
+        return kind
 
     def _put(self, item: tuple[str, Any]) -> None:
         started = time.perf_counter()
@@ -211,7 +220,7 @@ class Tracker:
         deadline = time.monotonic() + timeout + 0.5
         while True:
             try:
-                kind, run_id, experiment_id, error, cpu = self._replies.get(timeout=1.0)
+                kind = self._note(self._replies.get(timeout=1.0))
             except queue.Empty:
                 if not self._writer.is_alive():
                     error = self._error or f"the tracking process died (exit code {self._writer.exitcode})"
@@ -220,12 +229,8 @@ class Tracker:
                     error = None  # the writer goes on alone; the spool keeps what it could not send
                     break
                 continue
-            self._run_id, self.experiment_id = run_id or self._run_id, experiment_id or self.experiment_id
-            self._error = self._error or error
-            if kind == "started":
-                self.writer_cpu_before_open = cpu
             if kind == "done":
-                error, self.writer_cpu_seconds = self._error, cpu
+                error = self._error
                 break
         self._writer.join(timeout=1)  # it leaves right after its reply (os._exit)
         self._finished = True
@@ -236,7 +241,7 @@ class Tracker:
             raise TrackingError(f"tracking.uri={self.uri!r}: {error}")
 
 
-def _write(work: Any, replies: Any, parent: int, early_uri: str | None = None) -> None:
+def _write(work: Any, replies: Any, parent: int) -> None:
     """The writer process: import MLflow, wait to be told the store and run (or be killed), open
     the store, create (or reopen) the run, send what arrived every ``batch_seconds`` until
     told to finish, stamp a heartbeat, and retry a store that went away. If the trainer dies
@@ -250,7 +255,7 @@ def _write(work: Any, replies: Any, parent: int, early_uri: str | None = None) -
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     _quiet_mlflow()  # the import, while the trainer starts up (see Writer)
-    client = _connect_if_it_exists(early_uri)
+    early_uri, client = None, None
     while True:
         try:
             kind, payload = work.get(timeout=1.0)
