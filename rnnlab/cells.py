@@ -389,9 +389,9 @@ def _gated_scan(
     """An LSTM-family layer over x (B, T, I) through bptt.GatedLSTM (cfg: flags, sigmoid gate
     names, how many read c_{t-1})."""
     h0, c0, *s0 = state
-    xp = F.linear(x.transpose(0, 1), weight_ih, bias)  # (T, B, G*H): one matmul for all t
     hs, c, s = bptt.GatedLSTM.apply(
-        xp, h0, c0, torch.cat(s0, 1) if s0 else None, weight_hh, peephole, weight_ss, cfg, tap
+        x.transpose(0, 1), h0, c0, torch.cat(s0, 1) if s0 else None, weight_ih, bias, weight_hh,
+        peephole, weight_ss, cfg, tap,
     )
     state = (hs[-1], c, *(s.chunk(len(cfg[1]), 1) if s0 else ()))
     return hs.transpose(0, 1), state
