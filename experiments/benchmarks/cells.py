@@ -9,6 +9,11 @@ drifts), each round times ``--steps`` steps after one warm-up step; the table sh
 over rounds, the ratio to torch.nn.LSTM at the same length (the median of each round's ratio,
 so that drift between rounds cancels; the range over rounds in the last column), and
 step(T=200)/step(T=50) (4 would be linear in T; much more means a quadratic backward).
+
+Each variant's step is timed right beside a torch.nn.LSTM step at the same length (the order
+alternating by round), and each ratio is of that pair; a variant's T=200/T=50 is the median
+of per-round ratios of its two lengths, timed back to back. One round of 20 variants takes
+minutes, over which this machine's speed drifts by more than the differences measured.
 """
 from __future__ import annotations
 
@@ -94,23 +99,39 @@ def main() -> None:
     models = {name: make().to(device) for name, make in chosen.items()}
     opts = {name: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3) for name, m in models.items()}
     data = {T: (torch.randn(BATCH, T, FEATURES, device=device), torch.randn(BATCH, 1, device=device)) for T in args.lengths}
+    base = "torch.nn.LSTM"
     results: dict[tuple[str, int], list[float]] = {}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    growth: dict[str, list[float]] = {}
     for r in range(args.rounds):
-        for T in args.lengths:
-            for name, model in models.items():
-                results.setdefault((name, T), []).append(time_steps(model, opts[name], *data[T], args.steps))
+        for name, model in models.items():
+            if name == base and len(models) > 1:
+                continue
+            times = {}
+            for T in args.lengths:
+                # The baseline is timed right beside each variant, in alternating order, and each
+                # ratio is of that pair: the machine's speed drifts by more than the differences
+                # between cells within the minutes that one round of every variant takes.
+                pair = (base, name) if r % 2 == 0 else (name, base)
+                got = {k: time_steps(models[k], opts[k], *data[T], args.steps) for k in pair}
+                for k in set(pair):
+                    results.setdefault((k, T), []).append(got[k])
+                ratios.setdefault((name, T), []).append(got[name] / got[base])
+                times[T] = got[name]
+            growth.setdefault(name, []).append(times[args.lengths[-1]] / times[args.lengths[0]])
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     med = {key: statistics.median(v) for key, v in results.items()}
-    ratios = {(name, T): [a / b for a, b in zip(results[name, T], results["torch.nn.LSTM", T])] for name, T in results}
-    last = args.lengths[-1]
+    ratios[base, args.lengths[0]] = ratios[base, args.lengths[-1]] = [1.0]  # for the table's first row
+    first, last = args.lengths[0], args.lengths[-1]
+    # The baseline's growth: from its medians, as it is timed many times per round.
+    growth.setdefault(base, [med[base, last] / med[base, first]])
     cols = " | ".join(f"T={T} ms | ×nn.LSTM" for T in args.lengths)
-    print(f"\n| cell | {cols} | T={last}/T={args.lengths[0]} | T={last} ×nn.LSTM, range over rounds |")
+    print(f"\n| cell | {cols} | T={last}/T={first} | T={last} ×nn.LSTM, range over rounds |")
     print("|---|" + "---|---|" * len(args.lengths) + "---|---|")
     for name in models:
         row = " | ".join(f"{1e3 * med[name, T]:.1f} | {statistics.median(ratios[name, T]):.2f}" for T in args.lengths)
-        growth = med[name, last] / med[name, args.lengths[0]]
         spread = f"{min(ratios[name, last]):.2f}-{max(ratios[name, last]):.2f}"
-        print(f"| {name} | {row} | {growth:.2f} | {spread} |")
+        print(f"| {name} | {row} | {statistics.median(growth[name]):.2f} | {spread} |")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
 
 
