@@ -79,7 +79,8 @@ class GatedLSTM(torch.autograd.Function):
         a_sig, a_g = a[:, : S * H], a[:, S * H :]
         a_early, a_late = a[:, : E * H], a[:, E * H : S * H]
         # Transposed once into contiguous copies: the per-step products read them ~3% faster.
-        w_t, w_ss_t = torch.cat([w_ih, w_hh], 1).t().contiguous(), None if w_ss is None else w_ss.t().contiguous()
+        w = torch.cat([w_ih, w_hh], 1)  # the backward's product for [dx_t, dh_{t-1}] reads it as is
+        w_t, w_ss_t = w.t().contiguous(), None if w_ss is None else w_ss.t().contiguous()
         # tanh(x) = 2 σ(2x) - 1: torch.tanh of one step's (B, H) costs 12-20 us here, sigmoid
         # and an add ~5 (float32 error ~1e-7 absolute). g's rows of W and b are doubled once.
         niaf, noaf, cifg = "NIAF" in flags, "NOAF" in flags, "CIFG" in flags
@@ -129,15 +130,15 @@ class GatedLSTM(torch.autograd.Function):
             else:
                 torch.mul(o_at[t], out_at[t], out=h_at[t + 1])
         ctx.cfg, ctx.dh_out = cfg, dh_out
-        ctx.saved = (z, cs, sig, gs, outs, s0, w_ih, w_hh, peep, w_ss)
+        ctx.saved = (z, cs, sig, gs, outs, s0, w, peep, w_ss)
         return hs[1:], cs[T], sig[T - 1]
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor | None, d_c: Tensor | None, d_s: Tensor | None) -> tuple:
         flags, names, E = ctx.cfg
-        z, cs, sig, gs, outs, s0, w_ih, w_hh, peep, w_ss = ctx.saved
+        z, cs, sig, gs, outs, s0, w, peep, w_ss = ctx.saved
         T, B, H = outs.shape
-        I = w_ih.size(1)
+        I = w.size(1) - H
         S, gates = len(names), (*names, "g")
         G = len(gates)
         # Every step's local derivatives, for all t at once, outside the loop. A gate's
@@ -187,7 +188,6 @@ class GatedLSTM(torch.autograd.Function):
         # only step t reads (one (T, B, G*H) buffer fewer: 13 MB per layer at T = 200).
         da = A.view(T, B, G * H)
         dz = z.new_empty(T, B, I + H)  # [dx_t, dh_{t-1} from step t] = da[t] [W_ih, W_hh]
-        w = torch.cat([w_ih, w_hh], 1)
         # FGR: a step's e = ds_next ⊙ σ' goes into the sigmoid gates' slots of one (B, G*H)
         # buffer whose g slot stays 0, and da[t] = e + M ⊙ A[t] (zeroing da's g part instead was
         # a strided pass over the whole (T, B, G*H) buffer).

@@ -342,8 +342,8 @@ def test_lstm_family_scan_in_float32_stays_within_1e_6_of_float64(variant):
     # 4 layers it must stay as close to the float64 function as float32 allows (measured:
     # ~1e-7; the step path with torch.tanh ~5e-8).
     torch.manual_seed(0)
-    model = StackedRNN("lstm_variant", 8, 64, 4, variant=variant)
-    x = torch.randn(16, 200, 8)
+    model = StackedRNN("lstm_variant", 8, 64, 4, variant=variant).float()  # this module defaults to float64
+    x = torch.randn(16, 200, 8, dtype=torch.float32)
     with torch.no_grad():
         fast = model.features(x)[0].double()
         reference = model.double().features(x.double(), step_path=True)[0]
