@@ -29,6 +29,50 @@ import torch
 from torch import Tensor
 
 
+# oneDNN's matmul, where torch has it: the op torch.compile's CPU backend emits for linear layers.
+_onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+# Below this many multiply-adds oneDNN's ~10 us set-up per call outweighs its faster kernel.
+_ONEDNN_MIN_MACS = 1 << 20
+
+
+def _onednn(x: Tensor) -> bool:
+    return _onednn_linear is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None) -> Tensor:
+    """x w_t (+ plus: a bias (N,) or a (B, N) term): every per-step product below.
+
+    w_t is a weight (N, K) transposed, as a view; a product with W itself (the backward's da W)
+    passes W.t().contiguous().t(), made once (see the end). Why not torch.addmm alone: on the
+    CPU torch's float32 products call MKL, which on the AMD EPYC (Zen 5) we benchmark on runs
+    one step's (64, 128) x (128, 256) at ~49 GMAC/s on one thread, where oneDNN (what
+    torch.nn.LSTM runs on) reaches ~68: 31 us against 43. Under ~1M multiply-adds MKL wins (12 us against 16 for
+    (64, 64) x (64, 128)). oneDNN has no float64 product, so float64 (what the tests check
+    against the step path) takes MKL. (A weight that is not a contiguous matrix sends oneDNN to
+    a kernel ~1000x slower; bptt passes none, and one would take MKL.)
+    """
+    if x.numel() * w_t.size(1) >= _ONEDNN_MIN_MACS and _onednn(x) and w_t.t().is_contiguous():
+        if plus is None or plus.dim() == 1:
+            return _onednn_linear(x, w_t.t(), plus, "none", [], "")
+        return _onednn_linear.binary(x, plus, w_t.t(), None, "add")
+    return torch.mm(x, w_t) if plus is None else torch.addmm(plus, x, w_t)
+
+
+def grad_weight(d: Tensor, x: Tensor) -> Tensor:
+    """d^T x for d (R, N), x (R, K): a weight's gradient, summed over R = T * B rows at once.
+
+    oneDNN takes the rows as its inner dimension only after copying its first operand
+    transposed, and copying the narrower one is cheaper: at R = 12800, (256 x 128) 6.4 ms this
+    way round against 7.2 the other and 9.2 for MKL; (256 x 72) 3.1 against 5.6 and 6.1. Its
+    second operand must be a contiguous matrix (a column slice of one took 2.3 s, not 2 ms).
+    """
+    if _onednn(d) and d.is_contiguous() and x.size(1) < d.size(1):
+        return _onednn_linear(x.t(), d.t(), None, "none", [], "").t()
+    if _onednn(d) and x.is_contiguous():
+        return _onednn_linear(d.t(), x.t(), None, "none", [], "")
+    return d.t() @ x
+
+
 def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.size(-1))  # (T, B, K) -> (T*B, K)
 
@@ -78,24 +122,24 @@ class GatedLSTM(torch.autograd.Function):
         a = x.new_empty(B, w_hh.size(0))  # one step's pre-activations, overwritten each step
         a_sig, a_g = a[:, : S * H], a[:, S * H :]
         a_early, a_late = a[:, : E * H], a[:, E * H : S * H]
-        # Transposed once into contiguous copies: the per-step products read them ~3% faster.
-        w = torch.cat([w_ih, w_hh], 1)  # the backward's product for [dx_t, dh_{t-1}] reads it as is
-        w_t, w_ss_t = w.t().contiguous(), None if w_ss is None else w_ss.t().contiguous()
+        w = torch.cat([w_ih, w_hh], 1)
         # tanh(x) = 2 σ(2x) - 1: torch.tanh of one step's (B, H) costs 12-20 us here, sigmoid
         # and an add ~5 (float32 error ~1e-7 absolute). g's rows of W and b are doubled once.
         niaf, noaf, cifg = "NIAF" in flags, "NOAF" in flags, "CIFG" in flags
+        w_f = w
         if not niaf:
-            w_t[:, S * H :] *= 2
+            w_f = torch.cat([w[: S * H], 2 * w[S * H :]])
             bias = torch.cat([bias[: S * H], 2 * bias[S * H :]])
+        w_f, w_ss_t = w_f.t(), None if w_ss is None else w_ss.t()  # mm takes weights transposed
         minus_one, c2 = x.new_full((B, H), -1.0), x.new_empty(B, H)
         p_early = None if peep is None or not E else peep[:E].unbind(0)
         a_early_at = a_early.split(H, 1)  # each early gate's (B, H) view
         p_late = None if peep is None or E == S else peep[E]
         s = s0
         for t, z_t in enumerate(z[:T].unbind(0)):
-            torch.addmm(bias, z_t, w_t, out=a)
+            a.copy_(mm(z_t, w_f, bias))
             if w_ss_t is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
-                a_sig.addmm_(s, w_ss_t)
+                a_sig.add_(mm(s, w_ss_t))
                 s = sig[t]
             c_prev, c, g = c_at[t], c_at[t + 1], g_at[t]
             if E:
@@ -192,6 +236,8 @@ class GatedLSTM(torch.autograd.Function):
         # buffer whose g slot stays 0, and da[t] = e + M ⊙ A[t] (zeroing da's g part instead was
         # a strided pass over the whole (T, B, G*H) buffer).
         e = z.new_zeros(B, G * H) if w_ss is not None else None
+        # mm takes the transposed weight: for da W, the transpose of a contiguous W^T.
+        w_T, w_ss_T = w.t().contiguous().t(), None if w_ss is None else w_ss.t().contiguous().t()
         e_sig, e_of = (None, {}) if e is None else (e[:, : S * H], dict(zip(names, e.split(H, 1))))
         # Per-step views, made once (see the class docstring).
         da_at, da_sig = da.unbind(0), da[:, :, : S * H].unbind(0)
@@ -235,17 +281,17 @@ class GatedLSTM(torch.autograd.Function):
                 da_at[t].mul_(M_flat)  # A[t] becomes da[t]
             else:
                 torch.addcmul(e, M_flat, da_at[t], out=da_at[t])
-            torch.mm(da_at[t], w, out=dz_at[t])
+            dz_at[t].copy_(mm(da_at[t], w_T))
             dh_next = dh_prev_at[t]
             if w_ss is not None:
-                ds_next = da_sig[t] @ w_ss
-        d_w = _flat(da).t() @ _flat(z[:T])  # [dW_ih, dW_hh] in one product
+                ds_next = mm(da_sig[t], w_ss_T)
+        d_w = grad_weight(_flat(da), _flat(z[:T]))  # [dW_ih, dW_hh] in one product
         d_peep = d_w_ss = None
         if peep is not None:  # Σ_t,b da_gate ⊙ c, gate by gate (2x faster than one (T, B, S, H) product)
             c_seen = [_flat(cs[:-1])] * E + [_flat(cs[1:])] * (S - E)  # early gates c_{t-1}, late c_t
             d_peep = torch.stack([(_flat(da[:, :, k * H : (k + 1) * H]) * c).sum(0) for k, c in enumerate(c_seen)])
         if w_ss is not None:  # Σ_t da_sig[t]^T s_{t-1}, with s_{-1} = s0 (no (T, B, 3H) copy)
-            d_w_ss = torch.addmm(da_sig[0].t() @ s0, _flat(da[1:, :, : S * H]).t(), _flat(sig[:-1]))
+            d_w_ss = grad_weight(_flat(da[1:, :, : S * H]), _flat(sig[:-1])).add_(da_sig[0].t() @ s0)
         d_w_ih, d_w_hh = d_w.split([I, H], 1)
         return dz[:, :, :I], dh_next, dc_carry, ds_next, d_w_ih, da.sum((0, 1)), d_w_hh, d_peep, d_w_ss, None, None
 
@@ -263,10 +309,10 @@ class GRUClassic(torch.autograd.Function):
         rz, rh, cand = xp.new_empty(T, B, 2 * H), xp.new_empty(T, B, H), xp.new_empty(T, B, H)
         for t in range(T):
             x_rz, x_h = xp[t].split([2 * H, H], 1)
-            torch.sigmoid(torch.addmm(x_rz, hs[t], w_rz), out=rz[t])
+            torch.sigmoid(mm(hs[t], w_rz, x_rz), out=rz[t])
             r, z = rz[t].split(H, 1)
             torch.mul(r, hs[t], out=rh[t])
-            torch.tanh(torch.addmm(x_h, rh[t], w_h), out=cand[t])
+            torch.tanh(mm(rh[t], w_h, x_h), out=cand[t])
             torch.lerp(hs[t], cand[t], z, out=hs[t + 1])  # (1 - z) h + z h̃
         ctx.saved, ctx.dh_out = (hs, rz, rh, cand, w_hh), dh_out
         return hs[1:]
@@ -275,7 +321,7 @@ class GRUClassic(torch.autograd.Function):
     def backward(ctx: Any, d_hs: Tensor) -> tuple:
         hs, rz, rh, cand, w_hh = ctx.saved
         T, B, H = cand.shape
-        w_rz, w_h = w_hh[: 2 * H], w_hh[2 * H :]
+        w_rz, w_h = (w.t().contiguous().t() for w in (w_hh[: 2 * H], w_hh[2 * H :]))  # see mm
         da = hs.new_empty(T, B, 3 * H)
         dh_next = torch.zeros_like(hs[0])
         dh_out = ctx.dh_out
@@ -286,13 +332,13 @@ class GRUClassic(torch.autograd.Function):
             d_r, d_z, d_n = da[t].split(H, 1)
             dn = dh * z
             torch.mul(dn, 1 - n * n, out=d_n)
-            d_rh = d_n @ w_h  # gradient of r ⊙ h_{t-1}
+            d_rh = mm(d_n, w_h)  # gradient of r ⊙ h_{t-1}
             torch.mul(d_rh * h_prev, r * (1 - r), out=d_r)
             torch.mul(dh * (n - h_prev), z * (1 - z), out=d_z)
-            dh_next = dh - dn + d_rh * r + da[t, :, : 2 * H] @ w_rz
+            dh_next = mm(da[t, :, : 2 * H], w_rz, dh - dn + d_rh * r)
         d_w_hh = torch.cat([
-            _flat(da[:, :, : 2 * H]).t() @ _flat(hs[:-1]),
-            _flat(da[:, :, 2 * H :]).t() @ _flat(rh),
+            grad_weight(_flat(da[:, :, : 2 * H]), _flat(hs[:-1])),
+            grad_weight(_flat(da[:, :, 2 * H :]), _flat(rh)),
         ])
         return da, dh_next, d_w_hh, None
 
@@ -337,7 +383,7 @@ class Elman(torch.autograd.Function):
         hs[0] = h0
         w_hh_t = w_hh.t()
         for t, (x_t, h, out) in enumerate(zip(xp.unbind(0), hs[:-1].unbind(0), hs[1:].unbind(0))):
-            a = torch.addmm(x_t, h, w_hh_t)
+            a = mm(h, w_hh_t, x_t)
             torch.clamp(a, min=0, out=out) if relu else torch.tanh(a, out=out)
         ctx.saved, ctx.relu, ctx.dh_out = (hs, w_hh), relu, dh_out
         return hs[1:]
@@ -349,11 +395,12 @@ class Elman(torch.autograd.Function):
         slope = (hs[1:] > 0).to(hs.dtype) if ctx.relu else 1 - hs[1:] * hs[1:]  # act'(a_t) from h_t
         da = torch.empty_like(slope)
         dh_next = torch.zeros_like(hs[0])
+        w_hh = w_hh.t().contiguous().t()  # see mm
         for t in reversed(range(da.size(0))):
             dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             torch.mul(dh, slope[t], out=da[t])
-            dh_next = da[t] @ w_hh
-        return da, dh_next, _flat(da).t() @ _flat(hs[:-1]), None, None
+            dh_next = mm(da[t], w_hh)
+        return da, dh_next, grad_weight(_flat(da), _flat(hs[:-1])), None, None
 
 
 class GRU(torch.autograd.Function):
@@ -372,7 +419,7 @@ class GRU(torch.autograd.Function):
         rz, n, hp_n = xp.new_empty(T, B, 2 * H), xp.new_empty(T, B, H), xp.new_empty(T, B, H)
         w_hh_t = w_hh.t()
         for t, x_t in enumerate(xp.unbind(0)):
-            hp = torch.addmm(b_hh, hs[t], w_hh_t)
+            hp = mm(hs[t], w_hh_t, b_hh)
             x_rz, x_n = x_t.split([2 * H, H], 1)
             torch.sigmoid(x_rz + hp[:, : 2 * H], out=rz[t])
             hp_n[t] = hp[:, 2 * H :]
@@ -390,6 +437,7 @@ class GRU(torch.autograd.Function):
         da = hs.new_empty(T, B, 3 * H)  # pre-activation gradients: r, z (shared by x and h) and x_n
         dhp = hs.new_empty(T, B, 3 * H)  # gradient of hp = h W_hh^T + b_hh
         dh_next = torch.zeros_like(hs[0])
+        w_hh = w_hh.t().contiguous().t()  # see mm
         for t in reversed(range(T)):
             dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             d_r, d_z, d_n = da[t].split(H, 1)
@@ -398,5 +446,5 @@ class GRU(torch.autograd.Function):
             torch.mul(dh * (hs[t] - n[t]), z[t] * (1 - z[t]), out=d_z)
             dhp[t, :, : 2 * H] = da[t, :, : 2 * H]
             torch.mul(d_n, r[t], out=dhp[t, :, 2 * H :])
-            dh_next = torch.addmm(dh * z[t], dhp[t], w_hh)
-        return da, dh_next, _flat(dhp).t() @ _flat(hs[:-1]), dhp.sum((0, 1)), None
+            dh_next = mm(dhp[t], w_hh, dh * z[t])
+        return da, dh_next, grad_weight(_flat(dhp), _flat(hs[:-1])), dhp.sum((0, 1)), None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rnnlab import bptt
 from rnnlab.cells import CELLS, GRU, LSTM, RNN, step_scan
 from rnnlab.model import StackedRNN, count_parameters
 
@@ -533,3 +534,71 @@ def test_bad_options_raise_one_line_value_errors(make, message):
     with pytest.raises(ValueError) as info:
         make()
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------ float32: the products go through oneDNN on the CPU
+
+onednn = pytest.mark.skipif(bptt._onednn_linear is None, reason="this torch build has no oneDNN (mkldnn) linear")
+
+
+@onednn
+@pytest.mark.parametrize("plus", ["none", "bias", "term"])
+def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypatch):
+    monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)  # oneDNN for these small shapes too
+    torch.manual_seed(0)
+    x = torch.randn(6, 40, 30, dtype=torch.float32)[:, 3, 5:25]  # (6, 20), a row view: bptt's z[t]
+    w = torch.randn(12, 20, dtype=torch.float32)
+    p = {"none": None, "bias": torch.randn(12, dtype=torch.float32), "term": torch.randn(6, 16, dtype=torch.float32)[:, :12]}[plus]
+    for w_t in (w.t(), w.t().contiguous()):  # a weight transposed, and (the backward's) a weight as it is
+        got = bptt.mm(x, w_t, p).double()
+        want = x.double() @ w_t.double() + (0 if p is None else p.double())
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+
+
+@onednn
+@pytest.mark.parametrize("k", [3, 7, 11])  # narrower than, as wide as, wider than d
+def test_grad_weight_sums_d_transposed_x_over_every_row(k):
+    torch.manual_seed(0)
+    d = torch.randn(30, 500, 14, dtype=torch.float32)[:, :, 3:10].reshape(-1, 7)  # rows of a strided view
+    x = torch.randn(15000, k, dtype=torch.float32)
+    got = bptt.grad_weight(d, x)
+    assert got.shape == (7, k)
+    want = d.double().t() @ x.double()
+    assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()  # Σ of 15000 float32 products
+
+
+@onednn
+@pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
+def test_every_hand_written_backward_in_float32_matches_float64(name, options, monkeypatch):
+    """The float64 tests above take torch's products (oneDNN has none in float64); this runs
+    each tapped scan in float32, where its products go through oneDNN, against the float64
+    step path: outputs, every gradient and the tap, within float32's reach."""
+    calls = []
+    real = bptt._onednn_linear
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    counted.binary = lambda *args: calls.append(1) or real.binary(*args)
+    monkeypatch.setattr(bptt, "_onednn_linear", counted)
+    monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)  # the per-step products too, at these small sizes
+    torch.manual_seed(8)
+    cell = CELLS[name](3, 5 if name != "transformer" else 6, **options)
+    x = torch.randn(3, 12, 3)
+    state = perturbed_state(cell, 3, x)
+    weights = torch.linspace(-1, 2, 3 * 12 * cell.hidden_size).view(3, 12, -1)
+    results = []
+    for dtype, tapped in ((torch.float32, True), (torch.float64, False)):
+        cell.to(dtype)
+        xs = x.to(dtype).requires_grad_()
+        ss = tuple(s.to(dtype).requires_grad_() for s in state)
+        tap = torch.zeros(12, 3, cell.hidden_size, dtype=dtype)
+        out, last = cell.scan(xs, ss, tap) if tapped else step_scan(cell, xs, ss, tap)
+        loss = (out * weights.to(dtype)).sum() + sum((s * s).sum() for s in last if s.dim() == 2)
+        wrt = [xs, *ss, *[p for p in cell.parameters() if p.requires_grad]]
+        results.append([out, *last, *torch.autograd.grad(loss, wrt), tap])
+    for a, b in zip(*results):
+        assert (a.double() - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
+    has_products = name not in ("esn", "transformer", "indrnn")  # indrnn's recurrence is element-wise
+    assert bool(calls) == has_products  # the float32 run really took oneDNN's products
