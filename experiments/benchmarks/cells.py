@@ -14,6 +14,11 @@ Each variant's step is timed right beside a torch.nn.LSTM step at the same lengt
 alternating by round), and each ratio is of that pair; a variant's T=200/T=50 is the median
 of per-round ratios of its two lengths, timed back to back. One round of 20 variants takes
 minutes, over which this machine's speed drifts by more than the differences measured.
+
+Rows beyond one per cell: "(step path)" runs ``step_scan``, the eager autograd loop over the
+cell's one-step ``forward`` (the readable reference); "(tapped)" gives each layer's scan a
+tap, as the gradient probe does, so that rnn, lstm and gru run their step loops with the
+hand-written backward (rnnlab/bptt.py) instead of the fused kernel.
 """
 from __future__ import annotations
 
@@ -51,6 +56,8 @@ def variants() -> dict[str, Callable[[], nn.Module]]:
             out[name] = lambda name=name: StackedRNN(name, FEATURES, HIDDEN, DEPTH)
     for name in ("lstm", "peephole", "gru_classic", "indrnn"):  # the eager loop over forward, for comparison
         out[f"{name} (step path)"] = lambda name=name: _StepPath(StackedRNN(name, FEATURES, HIDDEN, DEPTH))
+    for name in ("rnn", "lstm", "gru"):  # the fused cells' own loops, hand-written BPTT: what a probed run takes
+        out[f"{name} (tapped)"] = lambda name=name: _Tapped(StackedRNN(name, FEATURES, HIDDEN, DEPTH))
     for v in ("vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"):
         out[f"lstm_variant={v}"] = lambda v=v: StackedRNN("lstm_variant", FEATURES, HIDDEN, DEPTH, variant=v)
     return out
@@ -63,6 +70,22 @@ class _StepPath(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.model(x, step_path=True)[0], None
+
+
+class _Tapped(nn.Module):
+    """Every layer's scan given a tap (the gradient probe's dL/dh_t buffer): a fused cell then
+    runs its step loop with the hand-written backward (rnnlab/bptt.py) instead of the kernel."""
+
+    def __init__(self, model: StackedRNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        def run(cell, x, state, *_):
+            return cell.scan(x, state, x.new_empty(x.size(1), x.size(0), cell.hidden_size))
+
+        features, _ = self.model.features(x, run=run)
+        return self.model.head(features), None
 
 
 def time_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
