@@ -31,25 +31,34 @@ from torch import Tensor
 
 # oneDNN's matmul, where torch has it: the op torch.compile's CPU backend emits for linear layers.
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-# Below this many multiply-adds oneDNN's ~10 us set-up per call outweighs its faster kernel.
+# Below this many multiply-adds oneDNN's ~10 us set-up per call outweighs its faster kernel
+# (experiments/benchmarks/products.py, 1 thread).
 _ONEDNN_MIN_MACS = 1 << 20
 
 
 def _onednn(x: Tensor) -> bool:
-    return _onednn_linear is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+    """oneDNN for float32 on the CPU on one thread. On 2 threads MKL splits the products well
+    and the loops ran as fast or faster without oneDNN (11-18% faster for peephole and FGR,
+    T=200, where oneDNN took the per-step products), though one product alone timed faster."""
+    return (
+        _onednn_linear is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+        and torch.get_num_threads() == 1
+    )
 
 
 def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None) -> Tensor:
     """x w_t (+ plus: a bias (N,) or a (B, N) term): every per-step product below.
 
     w_t is a weight (N, K) transposed, as a view; a product with W itself (the backward's da W)
-    passes W.t().contiguous().t(), made once (see the end). Why not torch.addmm alone: on the
-    CPU torch's float32 products call MKL, which on the AMD EPYC (Zen 5) we benchmark on runs
-    one step's (64, 128) x (128, 256) at ~49 GMAC/s on one thread, where oneDNN (what
-    torch.nn.LSTM runs on) reaches ~68: 31 us against 43. Under ~1M multiply-adds MKL wins (12 us against 16 for
-    (64, 64) x (64, 128)). oneDNN has no float64 product, so float64 (what the tests check
-    against the step path) takes MKL. (A weight that is not a contiguous matrix sends oneDNN to
-    a kernel ~1000x slower; bptt passes none, and one would take MKL.)
+    passes W.t().contiguous().t(), made once before the loop (the backward loops below do).
+
+    Why not torch.addmm alone: on the CPU torch's float32 products call MKL, which on the AMD
+    EPYC (Zen 5) we benchmark on runs one step's (64, 128) x (128, 256) at ~49 GMAC/s on one
+    thread, where oneDNN (what torch.nn.LSTM runs on) reaches ~68: 31 us against 43. Smaller
+    products go to MKL (see _ONEDNN_MIN_MACS), and so does every product on more than one
+    thread (see _onednn). oneDNN has no float64 product, so float64 (what the tests check
+    against the step path) takes MKL too. A weight that is not a contiguous matrix sends
+    oneDNN to a kernel ~1000x slower; bptt passes none, and one would take MKL.
     """
     if x.numel() * w_t.size(1) >= _ONEDNN_MIN_MACS and _onednn(x) and w_t.t().is_contiguous():
         if plus is None or plus.dim() == 1:

@@ -541,9 +541,18 @@ def test_bad_options_raise_one_line_value_errors(make, message):
 onednn = pytest.mark.skipif(bptt._onednn_linear is None, reason="this torch build has no oneDNN (mkldnn) linear")
 
 
+@pytest.fixture
+def one_thread():
+    """bptt takes oneDNN's products on one thread only (on more, MKL's were as fast or faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @onednn
 @pytest.mark.parametrize("plus", ["none", "bias", "term"])
-def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypatch):
+def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypatch, one_thread):
     monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)  # oneDNN for these small shapes too
     torch.manual_seed(0)
     x = torch.randn(6, 40, 30, dtype=torch.float32)[:, 3, 5:25]  # (6, 20), a row view: bptt's z[t]
@@ -557,7 +566,7 @@ def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypa
 
 @onednn
 @pytest.mark.parametrize("k", [3, 7, 11])  # narrower than, as wide as, wider than d
-def test_grad_weight_sums_d_transposed_x_over_every_row(k):
+def test_grad_weight_sums_d_transposed_x_over_every_row(k, one_thread):
     torch.manual_seed(0)
     d = torch.randn(30, 500, 14, dtype=torch.float32)[:, :, 3:10].reshape(-1, 7)  # rows of a strided view
     x = torch.randn(15000, k, dtype=torch.float32)
@@ -569,7 +578,7 @@ def test_grad_weight_sums_d_transposed_x_over_every_row(k):
 
 @onednn
 @pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
-def test_every_hand_written_backward_in_float32_matches_float64(name, options, monkeypatch):
+def test_every_hand_written_backward_in_float32_matches_float64(name, options, monkeypatch, one_thread):
     """The float64 tests above take torch's products (oneDNN has none in float64); this runs
     each tapped scan in float32, where its products go through oneDNN, against the float64
     step path: outputs, every gradient and the tap, within float32's reach."""
@@ -602,3 +611,19 @@ def test_every_hand_written_backward_in_float32_matches_float64(name, options, m
         assert (a.double() - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
     has_products = name not in ("esn", "transformer", "indrnn")  # indrnn's recurrence is element-wise
     assert bool(calls) == has_products  # the float32 run really took oneDNN's products
+
+
+@onednn
+def test_on_two_threads_every_product_takes_torchs_own(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bptt, "_onednn_linear", lambda *args: calls.append(1))
+    monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, w = torch.randn(8, 6, dtype=torch.float32), torch.randn(5, 6, dtype=torch.float32)
+        assert torch.allclose(bptt.mm(x, w.t()), x @ w.t())
+        assert torch.allclose(bptt.grad_weight(x, x[:, :3]), x.t() @ x[:, :3])
+    finally:
+        torch.set_num_threads(before)
+    assert not calls
