@@ -46,11 +46,10 @@ def _onednn(x: Tensor) -> bool:
     )
 
 
-def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None) -> Tensor:
-    """x w_t (+ plus: a bias (N,) or a (B, N) term): every per-step product below.
-
-    w_t is a weight (N, K) transposed, as a view; a product with W itself (the backward's da W)
-    passes W.t().contiguous().t(), made once before the loop (the backward loops below do).
+def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """x w_t (+ plus: a bias (N,) or a (B, N) term), into ``out`` if given: every per-step
+    product below. w_t is a weight (N, K) transposed, as a view; for a product with a weight
+    as it is (the backward's da W) pass ``_untransposed(W)``.
 
     Why not torch.addmm alone: on the CPU torch's float32 products call MKL, which on the AMD
     EPYC (Zen 5) we benchmark on runs one step's (64, 128) x (128, 256) at ~49 GMAC/s on one
@@ -62,9 +61,18 @@ def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None) -> Tensor:
     """
     if x.numel() * w_t.size(1) >= _ONEDNN_MIN_MACS and _onednn(x) and w_t.t().is_contiguous():
         if plus is None or plus.dim() == 1:
-            return _onednn_linear(x, w_t.t(), plus, "none", [], "")
-        return _onednn_linear.binary(x, plus, w_t.t(), None, "add")
-    return torch.mm(x, w_t) if plus is None else torch.addmm(plus, x, w_t)
+            y = _onednn_linear(x, w_t.t(), plus, "none", [], "")
+        else:
+            y = _onednn_linear.binary(x, plus, w_t.t(), None, "add")
+        return y if out is None else out.copy_(y)  # oneDNN's op has no out= form
+    if plus is None:
+        return torch.mm(x, w_t, out=out)
+    return torch.addmm(plus, x, w_t, out=out)
+
+
+def _untransposed(w: Tensor) -> Tensor:
+    """W as mm's w_t, for x W: the transpose of a contiguous copy of W^T (what oneDNN needs)."""
+    return w.t().contiguous().t()
 
 
 def grad_weight(d: Tensor, x: Tensor) -> Tensor:
@@ -146,7 +154,7 @@ class GatedLSTM(torch.autograd.Function):
         p_late = None if peep is None or E == S else peep[E]
         s = s0
         for t, z_t in enumerate(z[:T].unbind(0)):
-            a.copy_(mm(z_t, w_f, bias))
+            mm(z_t, w_f, bias, out=a)
             if w_ss_t is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
                 a_sig.add_(mm(s, w_ss_t))
                 s = sig[t]
@@ -245,8 +253,7 @@ class GatedLSTM(torch.autograd.Function):
         # buffer whose g slot stays 0, and da[t] = e + M ⊙ A[t] (zeroing da's g part instead was
         # a strided pass over the whole (T, B, G*H) buffer).
         e = z.new_zeros(B, G * H) if w_ss is not None else None
-        # mm takes the transposed weight: for da W, the transpose of a contiguous W^T.
-        w_T, w_ss_T = w.t().contiguous().t(), None if w_ss is None else w_ss.t().contiguous().t()
+        w_T, w_ss_T = _untransposed(w), None if w_ss is None else _untransposed(w_ss)  # for da W
         e_sig, e_of = (None, {}) if e is None else (e[:, : S * H], dict(zip(names, e.split(H, 1))))
         # Per-step views, made once (see the class docstring).
         da_at, da_sig = da.unbind(0), da[:, :, : S * H].unbind(0)
@@ -290,7 +297,7 @@ class GatedLSTM(torch.autograd.Function):
                 da_at[t].mul_(M_flat)  # A[t] becomes da[t]
             else:
                 torch.addcmul(e, M_flat, da_at[t], out=da_at[t])
-            dz_at[t].copy_(mm(da_at[t], w_T))
+            mm(da_at[t], w_T, out=dz_at[t])
             dh_next = dh_prev_at[t]
             if w_ss is not None:
                 ds_next = mm(da_sig[t], w_ss_T)
@@ -330,7 +337,7 @@ class GRUClassic(torch.autograd.Function):
     def backward(ctx: Any, d_hs: Tensor) -> tuple:
         hs, rz, rh, cand, w_hh = ctx.saved
         T, B, H = cand.shape
-        w_rz, w_h = (w.t().contiguous().t() for w in (w_hh[: 2 * H], w_hh[2 * H :]))  # see mm
+        w_rz, w_h = _untransposed(w_hh[: 2 * H]), _untransposed(w_hh[2 * H :])
         da = hs.new_empty(T, B, 3 * H)
         dh_next = torch.zeros_like(hs[0])
         dh_out = ctx.dh_out
@@ -404,7 +411,7 @@ class Elman(torch.autograd.Function):
         slope = (hs[1:] > 0).to(hs.dtype) if ctx.relu else 1 - hs[1:] * hs[1:]  # act'(a_t) from h_t
         da = torch.empty_like(slope)
         dh_next = torch.zeros_like(hs[0])
-        w_hh = w_hh.t().contiguous().t()  # see mm
+        w_hh = _untransposed(w_hh)
         for t in reversed(range(da.size(0))):
             dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             torch.mul(dh, slope[t], out=da[t])
@@ -446,7 +453,7 @@ class GRU(torch.autograd.Function):
         da = hs.new_empty(T, B, 3 * H)  # pre-activation gradients: r, z (shared by x and h) and x_n
         dhp = hs.new_empty(T, B, 3 * H)  # gradient of hp = h W_hh^T + b_hh
         dh_next = torch.zeros_like(hs[0])
-        w_hh = w_hh.t().contiguous().t()  # see mm
+        w_hh = _untransposed(w_hh)
         for t in reversed(range(T)):
             dh = d_hs[t] + dh_next if dh_out is None else torch.add(d_hs[t], dh_next, out=dh_out[t])
             d_r, d_z, d_n = da[t].split(H, 1)
