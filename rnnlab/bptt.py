@@ -59,11 +59,12 @@ def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None, out: Tensor | None = 
     against the step path) takes MKL too. A weight that is not a contiguous matrix sends
     oneDNN to a kernel ~1000x slower; bptt passes none, and one would take MKL.
     """
-    if x.numel() * w_t.size(1) >= _ONEDNN_MIN_MACS and _onednn(x) and w_t.t().is_contiguous():
+    w = w_t.t()  # the (N, K) weight, as oneDNN's linear takes it
+    if x.numel() * w.size(0) >= _ONEDNN_MIN_MACS and _onednn(x) and w.is_contiguous():
         if plus is None or plus.dim() == 1:
-            y = _onednn_linear(x, w_t.t(), plus, "none", [], "")
+            y = _onednn_linear(x, w, plus, "none", [], "")
         else:
-            y = _onednn_linear.binary(x, plus, w_t.t(), None, "add")
+            y = _onednn_linear.binary(x, plus, w, None, "add")
         return y if out is None else out.copy_(y)  # oneDNN's op has no out= form
     if plus is None:
         return torch.mm(x, w_t, out=out)
@@ -83,9 +84,10 @@ def grad_weight(d: Tensor, x: Tensor) -> Tensor:
     way round against 7.2 the other and 9.2 for MKL; (256 x 72) 3.1 against 5.6 and 6.1. Its
     second operand must be a contiguous matrix (a column slice of one took 2.3 s, not 2 ms).
     """
-    if _onednn(d) and d.is_contiguous() and x.size(1) < d.size(1):
+    fast = _onednn(d)
+    if fast and d.is_contiguous() and x.size(1) < d.size(1):
         return _onednn_linear(x.t(), d.t(), None, "none", [], "").t()
-    if _onednn(d) and x.is_contiguous():
+    if fast and x.is_contiguous():
         return _onednn_linear(d.t(), x.t(), None, "none", [], "")
     return d.t() @ x
 

@@ -1,6 +1,8 @@
 """Cells against independent float64 references written from ../shared/spec/CELLS.md."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -541,13 +543,21 @@ def test_bad_options_raise_one_line_value_errors(make, message):
 onednn = pytest.mark.skipif(bptt._onednn_linear is None, reason="this torch build has no oneDNN (mkldnn) linear")
 
 
+@contextlib.contextmanager
+def torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """bptt takes oneDNN's products on one thread only (on more, MKL's were as fast or faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @onednn
@@ -622,12 +632,8 @@ def test_on_two_threads_every_product_takes_torchs_own(monkeypatch):
     calls = []
     monkeypatch.setattr(bptt, "_onednn_linear", lambda *args: calls.append(1))
     monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         x, w = torch.randn(8, 6, dtype=torch.float32), torch.randn(5, 6, dtype=torch.float32)
         assert torch.allclose(bptt.mm(x, w.t()), x @ w.t())
         assert torch.allclose(bptt.grad_weight(x, x[:, :3]), x.t() @ x[:, :3])
-    finally:
-        torch.set_num_threads(before)
     assert not calls
