@@ -579,6 +579,8 @@ def _reservoir(size: int, density: float, radius: float) -> Tensor:
     """A sparse random (size, size) matrix with a fraction ``density`` of non-zeros, scaled to
     spectral radius ``radius``. A very sparse small matrix can be nilpotent (all eigenvalues 0,
     nothing to scale): draw again."""
+    if torch.empty(0).is_meta:  # built on the meta device to check the options (rnnlab.run.prepare): no values
+        return torch.empty(size, size)
     for _ in range(100):
         w = torch.empty(size, size, dtype=torch.float64).uniform_(-1, 1)
         w *= torch.rand(size, size, dtype=torch.float64) < density

@@ -12,6 +12,7 @@ error, not silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -124,16 +125,23 @@ class Config:
 # --------------------------------------------------------------------------------- validation
 
 
+def check_common(raw: dict[str, Any]) -> Config:
+    """The checks that need no torch (every key but the cell's and the dataset's options), so
+    that a bad ``depth=0`` answers in well under a second; ``validate`` does them too."""
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    _section(raw, "cell")
+    _section(raw, "data")
+    return _build(Config, {**raw, "cell": {}, "data": {}}, "")
+
+
 def validate(raw: dict[str, Any]) -> Config:
     """Check a composed config (plain dict) against the schema and return the dataclasses."""
-    raw = dict(raw)
-    raw.pop("hydra", None)
+    cfg = check_common(raw)
     from rnnlab.cells import CELLS  # cells and loaders are the schema of their options
     from rnnlab.data import DATASETS
 
     cell = dict(_section(raw, "cell"))
     data = dict(_section(raw, "data"))
-    cfg = _build(Config, {**raw, "cell": {}, "data": {}}, "")
     name = cell.pop("name", None)
     if name not in CELLS:
         raise ConfigError(f"cell.name={name!r} is not a cell (allowed: {', '.join(CELLS)})")
@@ -159,7 +167,13 @@ def window_keys(loader: Any) -> set[str]:
     Series), none for a sequence task."""
     from rnnlab.data import Series
 
-    return set(_WINDOW_KEYS) if typing.get_type_hints(loader).get("return") is Series else set()
+    return set(_WINDOW_KEYS) if _hints(loader).get("return") is Series else set()
+
+
+@functools.cache
+def _hints(obj: Any) -> dict[str, Any]:
+    """typing.get_type_hints, once per class or function: a grid validates thousands of jobs."""
+    return typing.get_type_hints(obj)
 
 
 def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -172,7 +186,7 @@ def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
 def _options(fn: Any, raw: dict[str, Any], owner: str, prefix: str, skip: int) -> dict[str, Any]:
     """Check ``raw`` against the typed keyword arguments of ``fn`` (after the first ``skip``)."""
     params = list(inspect.signature(fn).parameters)[skip:]
-    hints = typing.get_type_hints(fn)
+    hints = _hints(fn)
     for key in raw:
         if key not in params:
             raise ConfigError(f"{prefix}{key} is not an option of {owner} (its options: {', '.join(params) or 'none'})")
@@ -181,7 +195,7 @@ def _options(fn: Any, raw: dict[str, Any], owner: str, prefix: str, skip: int) -
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for key in raw:
         if key not in fields:
             raise ConfigError(f"unknown key '{prefix}{key}' (allowed: {', '.join(fields)})")
@@ -263,6 +277,16 @@ def _check_together(cfg: Config) -> None:
     for key in needed.get(cfg.data.name, ()):
         if not cfg.data.options.get(key):
             raise ConfigError(f"data.{key} is empty: data={cfg.data.name} needs data.{key}=...")
+
+
+def as_raw(cfg: Config) -> dict[str, Any]:
+    """The config back in conf/'s layout (cell and dataset options inline in their sections),
+    so that ``validate(as_raw(cfg)) == cfg``: what a run writes to its config.yaml."""
+    raw = dataclasses.asdict(cfg)
+    raw["cell"] = {"name": cfg.cell.name, **cfg.cell.options}
+    windows = {k: v for k, v in raw["data"].items() if k not in ("name", "options") and v is not None}
+    raw["data"] = {"name": cfg.data.name, **windows, **cfg.data.options}
+    return raw
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -47,3 +47,37 @@ def summary(rows: list[tuple[str, str]], title: str) -> str:
     lines = [title, "-" * len(title)]
     lines += [f"{label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)
+
+
+def help_text() -> str:
+    """Groups, options and the default config, read straight from the YAML files (with their
+    comments). Hydra's own --help composes every group dozens of times: ~1 s. This is ~0.05 s;
+    ``python -m rnnlab key=value --help`` still shows Hydra's, with the overrides applied."""
+    from importlib.resources import files
+
+    import yaml
+
+    conf = files("rnnlab.conf")
+    main_text = (conf / "config.yaml").read_text()
+    main_cfg = yaml.safe_load(main_text)
+    defaults = {k: v for d in main_cfg["defaults"] if isinstance(d, dict) for k, v in d.items()}
+    header = main_cfg["hydra"]["help"]["header"]
+    footer = main_cfg["hydra"]["help"]["footer"]
+    groups, sections = [], []
+    for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name[0] != "_" and p.name != "hydra"):
+        options = sorted(f.name[:-5] for f in (conf / group).iterdir() if f.name.endswith(".yaml"))
+        marked = [f"{o}*" if o == defaults.get(group) else o for o in options]
+        groups.append(f"{group + ':':<10}{', '.join(marked)}")
+        if defaults.get(group):  # sweep: null has no default option to show
+            body = (conf / group / f"{defaults[group]}.yaml").read_text().strip().splitlines()
+            sections.append(f"{group}:   # {group}={defaults[group]}")
+            sections += ["  " + line for line in body if not line.startswith("#")]
+    top = main_text.split("_self_", 1)[1].split("hydra:", 1)[0].strip()
+    top = "\n".join(line for line in top.splitlines() if not line.startswith("- ")).strip()  # defaults after _self_
+    return "\n".join([
+        header, "",
+        "== Config groups (group=option; * = default) ==", *groups, "",
+        "== Config (override any key: key=value, e.g. train.lr=3e-3) ==", top, *sections, "",
+        footer,
+    ])
+

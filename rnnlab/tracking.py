@@ -51,7 +51,7 @@ def local_store_dir(uri: str) -> Path | None:
     return None
 
 
-def check_reachable(uri: str) -> None:
+def check_reachable(uri: str, create: bool = False) -> None:
     """Cheap checks that fail fast, before training, on a store that cannot work: a local
     store's folder must be writable, a server must accept a connection. The expensive part
     (opening the store, creating the run) happens on the background thread."""
@@ -60,13 +60,15 @@ def check_reachable(uri: str) -> None:
     from urllib.parse import urlparse
 
     store = local_store_dir(uri)
-    if store is not None:
-        try:
-            store.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({e.strerror})") from None
-        if not os.access(store, os.W_OK):
-            raise TrackingError(f"tracking.uri={uri!r}: {str(store)!r} is not writable")
+    if store is not None:  # checked, not created: a run that is refused later must leave nothing behind
+        existing = next(p for p in [store.absolute(), *store.absolute().parents] if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({str(existing)!r} is not a writable folder)")
+        if create:  # the run or the sweep is opening it now
+            try:
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({e.strerror})") from None
     elif uri.startswith(("http://", "https://")):
         url = urlparse(uri)
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -151,7 +153,7 @@ class Tracker:
         self.call_seconds = self.finish_seconds = 0.0
         self.writer_cpu_seconds: float | None = None
         self.writer_cpu_before_open: float | None = None  # its MLflow import, during the job's start-up
-        check_reachable(uri)
+        check_reachable(uri, create=True)
         self.uri = uri
         self._run_id = run_id
         self.experiment_id: str | None = None
@@ -730,7 +732,7 @@ def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -
 
 def start_sweep_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """Create the sweep's parent run (RUNNING) and return its id."""
-    check_reachable(uri)
+    check_reachable(uri, create=True)
     try:
         sender = Sender(uri, experiment, run_name, {"mlflow.source.name": "rnnlab", **tags})
     except Exception as e:

@@ -59,13 +59,19 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir)
         (["cell=esn", "cell.spectral_radius=0"], "rnnlab: error: cell.spectral_radius=0.0 is out of range (allowed: > 0 (< 1 for the echo-state property))"),
         (["-m", "depth=1,0"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
         (["data=csv", "data.path=missing.csv", "data.target=x"], "rnnlab: error: data.path='missing.csv': no such file"),
+        (["cell=indrnn", "cell.u_max=-1", "tracking=none"], "rnnlab: error: cell.u_max=-1.0 must be > 0 (or null: unbounded)"),
+        (["cell=transformer", "hidden_size=10"], "rnnlab: error: cell.heads=4: must divide hidden_size=10"),
+        (["trian.lr=1e-3"], "rnnlab: error: unknown key 'trian.lr' (did you mean 'train.lr'? allowed: cell, data, train, tracking, depth, hidden_size, dropout, bidirectional, truncation, seed, device, allocator, quiet, resume, probe, trial)"),
+        # the bad job comes after 300 good ones: every job of a grid is checked, not the first 256
+        (["-m", "depth=1,0", "seed=range(0,300)"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
+        (["-m", "cell=indrnn", "cell.u_max=1,-1", "seed=range(0,300)"], "rnnlab: error: cell.u_max=-1.0 must be > 0 (or null: unbounded)"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir, args, message):
     result = run_cli(args, workdir)
     assert result.returncode == 2
     assert result.stderr.strip() == message
-    assert not (workdir / "outputs" / "mlflow.db").exists() and not (workdir / "outputs" / "mlartifacts").exists()
+    assert not (workdir / "outputs").exists()  # no run folder, no MLflow store, no study
 
 
 def test_help_lists_groups_and_options_without_importing_torch(workdir):

@@ -1,0 +1,85 @@
+"""rnnlab.run from Python, without a subprocess: what it returns, what it writes, what it refuses."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import TINY
+from rnnlab.compose import compose
+from rnnlab.config import validate
+from rnnlab.run import Hooks, RunError, Stopped, prepare, run
+
+UNTRACKED = [*TINY, "tracking=none", "probe.every=2"]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outputs/ (checkpoints, resume=auto) lands here
+    return tmp_path
+
+
+def test_a_run_returns_its_metrics_model_and_history_and_calls_the_hooks(tmp_path):
+    epochs, logged, probes = [], [], []
+    hooks = Hooks(on_epoch_end=lambda e, v: epochs.append((e, v)), log=lambda m, s: logged.append((m, s)),
+                  on_probe=probes.append)
+    result = run(compose(UNTRACKED), hooks, output_dir=tmp_path / "run")
+    assert result.status == "FINISHED" and result.run_id is None
+    assert [e for e, _ in epochs] == [1, 2] and len(result.history) == 2
+    assert result.metrics["val_loss"] == min(v for _, v in epochs)
+    assert {"test_mse", "test_mse_persistence", "n_params", "wall_seconds"} <= set(result.metrics)
+    assert [r.step for r in probes] == [2, 4, 6, 8] and result.probes == probes
+    assert any("vanishing/l0" in m for m, _ in logged) and any("val_loss" in m for m, _ in logged)
+    assert sum(p.numel() for p in result.model.parameters() if p.requires_grad) == result.metrics["n_params"]
+    written = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "model.pt", "checkpoint.pt", "gradients.npz"} <= written
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert validate(config) == compose(UNTRACKED)  # the folder's config reproduces the run
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["finished"] is True
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ([*UNTRACKED, "cell=indrnn", "cell.u_max=-1"], "cell.u_max=-1.0 must be > 0"),
+    ([*UNTRACKED, "cell=transformer", "hidden_size=10"], "cell.heads=4: must divide hidden_size=10"),
+    (["tracking=none", "data=csv", "data.path=missing.csv", "data.target=x"], "data.path='missing.csv': no such file"),
+    ([*UNTRACKED, "resume=nowhere"], "resume='nowhere': no such checkpoint file"),
+])
+def test_prepare_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, overrides, message):
+    with pytest.raises(RunError) as e:
+        prepare(compose(overrides))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jobs_with_equal_data_share_one_load_through_the_cache():
+    cache: dict = {}
+    a = prepare(compose([*UNTRACKED, "seed=1"]), cache=cache)
+    b = prepare(compose([*UNTRACKED, "seed=2", "depth=3"]), cache=cache)
+    c = prepare(compose([*UNTRACKED, "data.lookback=12"]), cache=cache)
+    assert a.data is b.data and c.data is not a.data
+    assert sum(k.startswith("data:") for k in cache) == 2
+    assert b.n_params > a.n_params  # each model checked on its own
+
+
+def test_the_model_is_checked_on_the_meta_device_so_a_huge_one_costs_no_memory():
+    prepared = prepare(compose([*UNTRACKED, "hidden_size=200000", "depth=1"]))
+    assert prepared.n_params > 4 * 200000 ** 2  # 640 GB of float32 were never allocated
+
+
+def test_a_cell_with_a_solved_readout_is_fitted_in_closed_form(tmp_path):
+    result = run(compose([*UNTRACKED, "cell=esn", "hidden_size=32"]), output_dir=tmp_path / "run")
+    assert result.status == "FINISHED" and len(result.history) == 1
+    assert "train_loss" not in result.history[0] and result.probes == []  # no gradient step was taken
+
+
+def test_a_stop_saves_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
+    cmd = "python -m rnnlab " + " ".join(UNTRACKED) + " resume=auto"
+    with pytest.raises(Stopped) as e:
+        run(compose(UNTRACKED), Hooks(stop_requested=lambda: True), output_dir=tmp_path / "run", command=cmd)
+    assert e.value.exit_code == 130 and str(e.value).count("resume=") == 1
+    assert str(e.value).endswith(f"resume={tmp_path / 'run'}")
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["finished"] is False
+    resumed = run(compose([*UNTRACKED, f"resume={tmp_path / 'run'}"]), output_dir=tmp_path / "again")
+    whole = run(compose(UNTRACKED), output_dir=tmp_path / "whole")
+    assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]  # bit for bit on CPU
