@@ -1,4 +1,6 @@
-"""Vanishing gradients on the adding problem (../../../shared/spec/REPRODUCTIONS.md R1, R2).
+"""Vanishing gradients on the adding problem: the tanh RNN's gradient decays geometrically over
+the window while gated cells keep theirs (Pascanu et al. 2013; Arjovsky et al. 2016), and at
+T = 100 the LSTM and GRU beat the trivial baseline where the tanh RNN does not (Li et al. 2018).
 
 rnn (tanh), lstm, gru and indrnn, depth 1 and 4, the same budget for each, on the adding
 problem (Le et al. 2015 form). The gradient probe records ||dL/dh^l_t|| through training;
