@@ -1,4 +1,4 @@
-"""The adding problem, in its two classic forms (docs/data.md; Hochreiter & Schmidhuber 1997, Le et al. 2015).
+"""The adding problem in its two classic forms (Hochreiter & Schmidhuber 1997; Le et al. 2015).
 
     step      1     2    ...   a   ...   b   ...   T
     value    0.31  0.92  ...  0.47 ...  0.18 ...  0.66      channel 0

@@ -1,4 +1,4 @@
-"""The embedded default dataset: a generated hourly weather-like series (many-to-one forecasting of a multivariate series: the project's default task).
+"""The embedded default dataset: a generated hourly weather-like series, forecast many-to-one.
 
 Deterministic by seed, no download. Physically plausible rather than real: a yearly and a daily
 temperature cycle, weather fronts as a slow autocorrelated (AR(1)) process that moves pressure,
