@@ -227,8 +227,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r} must be a list")
         return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is Any:
-        return value
+    return value if hint is Any else _scalar(value, hint, key)
+
+
+def _scalar(value: Any, hint: type, key: str) -> Any:
+    """A number, string or bool of type ``hint``: ints widen to floats, floats must be finite."""
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if hint is float and isinstance(value, float) and not math.isfinite(value):

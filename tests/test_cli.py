@@ -65,6 +65,9 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir)
         # the bad job comes after 300 good ones: every job of a grid is checked, not the first 256
         (["-m", "depth=1,0", "seed=range(0,300)"], "rnnlab: error: depth=0 is out of range (allowed: >= 1)"),
         (["-m", "cell=indrnn", "cell.u_max=1,-1", "seed=range(0,300)"], "rnnlab: error: cell.u_max=-1.0 must be > 0 (or null: unbounded)"),
+        # an Optuna sweep's fixed values are checked before its study exists
+        (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "train.lr=interval(1e-4,1e-2)", "cell=transformer",
+          "hidden_size=10"], "rnnlab: error: cell.heads=4: must divide hidden_size=10"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir, args, message):
