@@ -637,3 +637,60 @@ def test_on_two_threads_every_product_takes_torchs_own(monkeypatch):
         assert torch.allclose(bptt.mm(x, w.t()), x @ w.t())
         assert torch.allclose(bptt.grad_weight(x, x[:, :3]), x.t() @ x[:, :3])
     assert not calls
+
+
+# ------------------------------------------------------------------------------ double backward
+
+from torch.autograd import gradgradcheck  # noqa: E402
+
+# Every hand-written backward; a fused cell runs its twin when tapped.
+HAND_WRITTEN = [("peephole", {}, "GatedLSTM"), ("lstm_variant", {"variant": "FGR"}, "GatedLSTM"),
+                ("lstm", {}, "GatedLSTM"), ("gru_classic", {}, "GRUClassic"), ("indrnn", {}, "IndRNN"),
+                ("rnn", {}, "Elman"), ("gru", {}, "GRU")]
+
+
+@pytest.mark.parametrize("name,options,function", HAND_WRITTEN, ids=lambda v: str(v))
+def test_a_graph_of_a_hand_written_backward_is_refused_in_one_line_that_names_step_path(name, options, function):
+    torch.manual_seed(14)
+    cell = CELLS[name](2, 3, **options)
+    x = torch.randn(2, 4, 2, requires_grad=True)
+    tap = torch.zeros(4, 2, 3) if name in ("rnn", "lstm", "gru") else None
+    out, _ = cell.scan(x, cell.init_state(2, x), tap)
+    with pytest.raises(RuntimeError) as info:
+        torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    message = str(info.value)
+    assert f"rnnlab.bptt.{function}" in message and "step_path=True" in message and "\n" not in message
+
+
+def test_a_gradient_penalty_trains_through_the_step_path_and_not_through_scan():
+    torch.manual_seed(15)
+    model = StackedRNN("peephole", 2, 3, depth=2)
+    x, y = torch.randn(2, 5, 2, requires_grad=True), torch.randn(2, 1)
+
+    def penalised(step_path):
+        loss = torch.nn.functional.mse_loss(model(x, step_path=step_path)[0], y)
+        (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+        return loss + dx.pow(2).sum()  # input-gradient penalty: a second backward through the cell
+
+    with pytest.raises(RuntimeError, match="step_path=True"):
+        penalised(step_path=False)
+    weight = model.layers[0].weight_hh
+    (with_penalty,) = torch.autograd.grad(penalised(step_path=True), weight)
+    (plain,) = torch.autograd.grad(torch.nn.functional.mse_loss(model(x)[0], y), weight)
+    assert torch.isfinite(with_penalty).all() and (with_penalty - plain).abs().max() > 1e-8
+
+
+@pytest.mark.parametrize("name,options", [("peephole", {}), ("lstm_variant", {"variant": "FGR"}), ("gru_classic", {}),
+                                          ("indrnn", {"u_max": 1.1}), ("rnn", {}), ("gru", {})], ids=lambda v: str(v))
+def test_gradgradcheck_through_the_step_loop(name, options):
+    torch.manual_seed(16)
+    cell = CELLS[name](2, 2, **options)
+    x = torch.randn(1, 3, 2, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in perturbed_state(cell, 1, x))
+    params = [p for p in cell.parameters() if p.requires_grad]
+
+    def f(x, *inputs):
+        out, last = step_scan(cell, x, inputs[: len(state)])
+        return out, *last
+
+    assert gradgradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-5)
