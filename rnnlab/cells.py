@@ -589,25 +589,39 @@ def _reservoir(size: int, density: float, radius: float) -> Tensor:
 
 
 class Transformer(Cell):
-    """One pre-norm causal Transformer block (Vaswani et al. 2017), the attention baseline of
-    seed 002: x + Attention(LN x), then + MLP(LN x). Stacked ``depth`` times by StackedRNN.
+    """One pre-norm causal Transformer block (Vaswani et al. 2017), the attention baseline
+    beside the recurrent cells: x + Attention(LN x), then + MLP(LN x). Stacked ``depth`` times
+    by StackedRNN.
 
     Position enters as ALiBi (Press et al. 2022): head k's score for key j from query t is
     lowered by slope_k (t - j). It needs no parameters, works at every layer and at any length,
     and carries over chunk boundaries. The state is the cache of past keys and values
     (B, P, H) each, so truncated BPTT can carry a detached cache like a recurrent state;
     ``forward(x_t, state)`` is one step of the same function.
+
+    ``window``: a query at t attends to itself and the ``window`` steps before it
+    (t - window <= j <= t), and the cache keeps the last ``window`` keys and values (P <= window),
+    so a state carried chunk after chunk (a char_lm epoch) stays that size. Distances are
+    relative, so ALiBi is the same with the older keys dropped. The default, 1024, covers every
+    default task's sequence whole (none is longer than 120 steps); beyond it the slowest head
+    (slope 2^-8, whatever ``heads``) has discounted a key by e^-4 ≈ 2%. Set it to at least the
+    sequence length for a task whose dependencies span the whole sequence (copy with data.length
+    above 1000).
     """
 
     n_states = 2
 
-    def __init__(self, input_size: int, hidden_size: int, heads: int = 4, mlp_ratio: int = 4) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, heads: int = 4, mlp_ratio: int = 4, window: int = 1024
+    ) -> None:
         super().__init__(input_size, hidden_size)
         if heads < 1 or hidden_size % heads:
             raise ValueError(f"cell.heads={heads}: must divide hidden_size={hidden_size}")
         if mlp_ratio < 1:
             raise ValueError(f"cell.mlp_ratio={mlp_ratio} is out of range (allowed: >= 1)")
-        self.heads = heads
+        if window < 1:
+            raise ValueError(f"cell.window={window} is out of range (allowed: >= 1)")
+        self.heads, self.window = heads, window
         # Layer 1 reads the features (or a bidirectional stack's 2h): project to the width first.
         self.embed = nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
         self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
@@ -635,14 +649,15 @@ class Transformer(Cell):
         key_at = torch.arange(P + T, device=x.device)[None, :]
         distance = (query_at - key_at).to(x.dtype)  # (T, P + T)
         bias = -self.slopes.to(x.dtype)[:, None, None] * distance  # (heads, T, P + T)
-        bias = bias.masked_fill(distance < 0, float("-inf"))  # causal: no key from the future
+        # Causal (no key from the future) and windowed (none older than ``window`` steps).
+        bias = bias.masked_fill((distance < 0) | (distance > self.window), float("-inf"))
         split = lambda t: t.view(B, -1, self.heads, H // self.heads).transpose(1, 2)  # (B, heads, ·, H/heads)
         att = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, H))
         x = x + self.mlp(self.norm2(x))
         if tap is not None and x.requires_grad:  # no path through time from h_t: its gradient is all from above
             x.register_hook(functools.partial(_write, tap.transpose(0, 1)))
-        return x, (k, v)
+        return x, (k[:, -self.window :], v[:, -self.window :])  # the keys a later query can still see
 
 
 CELLS: dict[str, type[Cell]] = {

@@ -270,8 +270,9 @@ def test_esn_matches_spec(leak, batch, steps, inp, hid):
     assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
 
 
-def reference_attention_block(x, cache_len, cell):
-    """One pre-norm causal block written out per query: softmax(q.k/sqrt(d) - slope (t - j)) over j <= t."""
+def reference_attention_block(x, cache_len, cell, window=None):
+    """One pre-norm causal block written out per query: softmax(q.k/sqrt(d) - slope (t - j)) over
+    j <= t, and t - j <= window when given."""
     heads, H = cell.heads, cell.hidden_size
     d = H // heads
 
@@ -288,9 +289,11 @@ def reference_attention_block(x, cache_len, cell):
         for m in range(heads):
             cols = slice(m * d, (m + 1) * d)
             slope = 2.0 ** (-8.0 * (m + 1) / heads)
-            scores = torch.stack([(q[:, t, cols] * k[:, j, cols]).sum(-1) / d**0.5 - slope * (t - j) for j in range(t + 1)], 1)
+            first = 0 if window is None else max(0, t - window)
+            keys = range(first, t + 1)
+            scores = torch.stack([(q[:, t, cols] * k[:, j, cols]).sum(-1) / d**0.5 - slope * (t - j) for j in keys], 1)
             w = torch.softmax(scores, 1)
-            out[:, t, cols] = (w[:, :, None] * v[:, : t + 1, cols]).sum(1)
+            out[:, t, cols] = (w[:, :, None] * v[:, first : t + 1, cols]).sum(1)
     y = e + out @ cell.proj.weight.T + cell.proj.bias
     hidden = torch.nn.functional.gelu(norm(y, cell.norm2) @ cell.mlp[0].weight.T + cell.mlp[0].bias)
     return y + hidden @ cell.mlp[2].weight.T + cell.mlp[2].bias
@@ -694,3 +697,56 @@ def test_gradgradcheck_through_the_step_loop(name, options):
         return out, *last
 
     assert gradgradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the transformer's window
+
+
+def test_a_transformer_state_carried_chunk_after_chunk_stays_window_long():
+    """A char_lm epoch carries the cache from chunk to chunk: it must not grow with the epoch."""
+    from rnnlab.train import forward
+
+    torch.manual_seed(17)
+    model = StackedRNN("transformer", 3, 4, depth=2, output_size=3, many_to_many=True, heads=2, window=8)
+    state, sizes = None, []
+    for chunk in range(40):  # 40 chunks of 5 steps: 200 steps through a cache of 8
+        out, state = forward(model, torch.randn(2, 5, 3), state, True, 0)
+        out.sum().backward()
+        for k, v in state:
+            assert k.shape == v.shape == (2, min(5 * (chunk + 1), 8), 4)
+        sizes.append(sum(t.untyped_storage().nbytes() for layer in state for t in layer))
+    assert len(set(sizes[2:])) == 1  # flat from the chunk that fills the window on
+    assert sizes[-1] <= 2 * 2 * (8 + 5) * 2 * 4 * 8  # layers x (k, v) x (window + chunk) x B x H x float64
+
+
+@pytest.mark.parametrize("window", [11, 50])
+def test_a_transformer_window_no_shorter_than_the_sequence_is_unbounded_attention(window):
+    torch.manual_seed(18)
+    cell = Transformer(3, 4, heads=2, window=window)
+    x = torch.randn(2, 12, 3)  # t - j <= 11 for every pair
+    with torch.no_grad():
+        out, (k, _) = cell.scan(x, cell.init_state(2, x))
+        assert torch.allclose(out, reference_attention_block(x, 0, cell), atol=1e-10, rtol=0)
+    assert k.size(1) == min(12, window)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_windowed_transformer_scans_in_chunks_as_at_once_and_as_the_written_out_window(window):
+    torch.manual_seed(19)
+    cell = Transformer(3, 4, heads=2, window=window)
+    x = torch.randn(2, 13, 3)
+    with torch.no_grad():
+        whole, _ = cell.scan(x, cell.init_state(2, x))
+        assert torch.allclose(whole, reference_attention_block(x, 0, cell, window=window), atol=1e-10, rtol=0)
+        assert not torch.allclose(whole, reference_attention_block(x, 0, cell), atol=1e-3)  # the window matters here
+        state, parts = cell.init_state(2, x), []
+        for piece in x.split(3, 1):  # chunks of 3 (and a last of 1), the cache carried
+            out, state = cell.scan(piece, state)
+            parts.append(out)
+        assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-12, rtol=0)
+        assert torch.allclose(step_scan(cell, x, cell.init_state(2, x))[0], whole, atol=1e-12, rtol=0)
+
+
+def test_a_transformer_window_below_one_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"^cell.window=0 is out of range \(allowed: >= 1\)$"):
+        Transformer(3, 4, heads=2, window=0)
