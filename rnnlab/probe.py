@@ -1,11 +1,11 @@
 """The gradient probe: ||dL/dh^l_t|| per layer and time step, weight-gradient norms per
-parameter group, the global norm before and after clipping, and the recurrent matrices'
-spectral radius and largest singular value (Pascanu et al. 2013). Plain torch; returns arrays.
+parameter group and gate, the global norm before and after clipping, and the recurrent
+matrices' spectral radius and largest singular value (Pascanu et al. 2013). Plain torch;
+returns arrays.
 
-What is measured (../shared/spec/CELLS.md, "What gradient norms means"): the *total*
-derivative of the loss with respect to each layer's hidden state h^l_t, on every path, both
-up through the layers above and back through time. For each sample the L2 norm over the h
-units; then the mean over the batch.
+What is measured (docs/maths.md): the *total* derivative of the loss with respect to each
+layer's hidden state h^l_t, on every path, both up through the layers above and back through
+time. For each sample the L2 norm over the h units; then the mean over the batch.
 
 How, exactly, even for fused kernels. Retaining the gradient of a fused layer's output
 sequence gives only the part that flows up through the next layer: the part that flows back
@@ -17,11 +17,16 @@ for one copy per step; ``resolution`` k keeps every k-th step, counted back from
 last (the others are NaN: not kept). The probed step is the training step itself (no extra
 forward or backward), with truncated BPTT as training does it: steps before the truncation
 window get no gradient and read 0.
+
+Weights are grouped as each cell declares them (``Cell.weight_groups``): input, recurrent,
+bias, peephole, gate_recurrent, and "other" for any parameter a cell does not declare; keys
+name the gate, "l1.recurrent.f" (layer 1's forget-gate rows of W_hh).
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +41,7 @@ from rnnlab.cells import Cell, State
 class ProbeRecord:
     step: int
     dh: np.ndarray  # (layers, directions, T) mean over the batch of ||dL/dh^l_t||; NaN: not measured
-    weight_norms: dict[str, float]  # "l0.recurrent", "l0.recurrent.g1", ... -> ||dL/dW||
+    weight_norms: dict[str, float]  # "l0.recurrent", "l0.recurrent.f", "l0b.input.i", ... -> ||dL/dW||
     grad_norm: float  # global, before clipping
     grad_norm_clipped: float  # after
     clipped: bool
@@ -119,48 +124,50 @@ class Probe:
         return record
 
 
+def _named_cells(model: nn.Module) -> Iterator[tuple[str, Cell]]:
+    """("l0", cell), ..., then a bidirectional stack's backward cells as ("l0b", cell), ..."""
+    for index, cell in enumerate(model.layers):
+        yield f"l{index}", cell
+    for index, cell in enumerate(getattr(model, "backward_layers", None) or []):
+        yield f"l{index}b", cell
+
+
+def _gradients(cell: Cell) -> Iterator[tuple[str, Tensor, tuple[str, ...]]]:
+    """(group, gradient, gate names) of every weight of ``cell`` that has a gradient: those it
+    declares, then any other trainable parameter as group "other"."""
+    declared = cell.weight_groups()
+    for w in declared:
+        if w.tensor.grad is not None:
+            yield w.group, w.tensor.grad, w.gates
+    seen = {id(w.tensor) for w in declared}
+    for p in cell.parameters():
+        if p.grad is not None and id(p) not in seen:
+            yield "other", p.grad, ()
+
+
+@torch.no_grad()
 def weight_norms(model: nn.Module) -> dict[str, float]:
-    """||dL/dW|| per layer and group (input, recurrent, bias, peephole, other), and per gate
-    where a cell stacks its gates in one matrix (rows = gates x hidden)."""
-    keys: list[tuple[str, str]] = []  # (layer.group, gate key or "") per entry of `squares`
+    """||dL/dW|| per layer and group ("l0.recurrent"), and per gate where the cell names the
+    row blocks of a stacked weight ("l0.recurrent.f")."""
+    keys: list[list[str]] = []  # per entry of `squares`: the keys its square adds to
     squares: list[Tensor] = []
-    cells = list(model.layers) + list(getattr(model, "backward_layers", None) or [])
-    for index, cell in enumerate(cells):
-        layer = f"l{index}" if index < len(model.layers) else f"l{index - len(model.layers)}b"
-        for name, p in cell.named_parameters():
-            if p.grad is None:
-                continue
-            group = f"{layer}.{_group(name)}"
-            gates = p.size(0) // cell.hidden_size if p.dim() >= 1 and p.size(0) % cell.hidden_size == 0 else 1
-            per_gate = p.grad.double().reshape(gates, -1).pow(2).sum(1)  # one reduction per parameter
-            squares.append(per_gate)
-            keys += [(group, f"{group}.g{g}" if gates > 1 else "") for g in range(gates)]
+    for layer, cell in _named_cells(model):
+        for group, grad, gates in _gradients(cell):
+            squares.append(grad.double().reshape(len(gates) or 1, -1).pow(2).sum(1))  # one reduction per tensor
+            key = f"{layer}.{group}"
+            keys += [[key, f"{key}.{gate}"] for gate in gates] or [[key]]
     sums: dict[str, float] = {}
-    for (group, gate), value in zip(keys, torch.cat(squares).tolist() if squares else []):  # one sync
-        sums[group] = sums.get(group, 0.0) + value
-        if gate:
-            sums[gate] = sums.get(gate, 0.0) + value
+    for adds_to, value in zip(keys, torch.cat(squares).tolist() if squares else []):  # one sync
+        for key in adds_to:
+            sums[key] = sums.get(key, 0.0) + value
     return {k: math.sqrt(v) for k, v in sums.items()}
-
-
-def _group(name: str) -> str:
-    """input (W_ih), recurrent (W_hh, IndRNN's u), bias, peephole, or other (attention, norms)."""
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf.startswith("bias"):
-        return "bias"
-    if "peephole" in leaf:
-        return "peephole"
-    if "_ih" in leaf:
-        return "input"
-    if "_hh" in leaf or leaf == "u":
-        return "recurrent"
-    return "other"
 
 
 @torch.no_grad()
 def spectra(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """Per layer: the spectral radius and largest singular value of its recurrent matrix (the
-    largest over gate blocks; for a vector recurrence, max |u|). NaN where a cell has none.
+    largest over its gate blocks; for a vector recurrence, max |u|). NaN where a cell declares
+    none (a Transformer).
 
     Every square block of every layer goes to LAPACK in one batched call for each quantity,
     in the weights' own precision: on a probed step this is most of the probe's own cost."""
@@ -168,15 +175,14 @@ def spectra(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     singular = np.full(len(model.layers), np.nan)
     blocks, owner = [], []
     for index, cell in enumerate(model.layers):
-        W = _recurrent(cell)
-        if W is None:
-            continue
-        if W.dim() == 1:  # IndRNN: diagonal recurrence
-            radius[index] = singular[index] = W.abs().max().item()
-            continue
-        H = W.size(1)
-        for block in W.split(H, 0) if W.size(0) != H else [W]:
-            if block.size(0) == H:
+        for w in cell.weight_groups():
+            if w.group != "recurrent":
+                continue
+            W = w.tensor if w.applied is None else w.applied
+            if W.dim() == 1:  # IndRNN: diagonal recurrence
+                radius[index] = singular[index] = W.abs().max().item()
+                continue
+            for block in W.chunk(len(w.gates) or 1):  # one (H, H) block per gate
                 blocks.append(block)
                 owner.append(index)
     if blocks:
@@ -189,21 +195,14 @@ def spectra(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     return radius, singular
 
 
-def _recurrent(cell: Cell) -> Tensor | None:
-    for name in ("weight_hh", "recurrent_weight", "W", "u"):
-        value = getattr(cell, name, None)
-        if torch.is_tensor(value):
-            return value
-    return None
-
-
 # ----------------------------------------------------------------- what gets logged, and how
 
 def summary_metrics(record: ProbeRecord) -> dict[str, float]:
     """A few stable keys per layer that chart well across runs: the norm at the first and at
     the last step of the window, the vanishing factor log10(first/last) (negative: the
-    gradient shrinks going back in time), recurrent and input weight-gradient norms, and the
-    recurrent matrix's spectral radius. Everything else goes to the npz artifact."""
+    gradient shrinks going back in time), recurrent and input weight-gradient norms, the
+    recurrent one per gate (``grad_w/l1/recurrent/f``), and the recurrent matrix's spectral
+    radius. Everything else goes to the npz artifact."""
     out = {"probe/grad_norm": record.grad_norm, "probe/clipped": float(record.clipped)}
     for layer in range(record.dh.shape[0]):
         measured = record.dh[layer, 0][np.isfinite(record.dh[layer, 0]) & (record.dh[layer, 0] > 0)]
@@ -215,6 +214,10 @@ def summary_metrics(record: ProbeRecord) -> dict[str, float]:
         for group in ("input", "recurrent"):
             if f"l{layer}.{group}" in record.weight_norms:
                 out[f"grad_w_{group}/l{layer}"] = record.weight_norms[f"l{layer}.{group}"]
+        per_gate = f"l{layer}.recurrent."
+        for key, value in record.weight_norms.items():
+            if key.startswith(per_gate):
+                out[f"grad_w/l{layer}/recurrent/{key[len(per_gate):]}"] = value
         if np.isfinite(record.spectral_radius[layer]):
             out[f"spectral_radius/l{layer}"] = float(record.spectral_radius[layer])
     return out

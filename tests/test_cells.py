@@ -1,4 +1,4 @@
-"""Cells against independent float64 references written from ../shared/spec/CELLS.md."""
+"""Cells against independent float64 references written from the papers (docs/maths.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +18,8 @@ def sigmoid(x):
 
 
 def reference_lstm(x, h, c, W, b):
-    """CELLS.md: f = σ(W_f[h, x] + b_f), i, g = tanh(W_c[h, x] + b_c), o; c = f c + i g; h = o tanh(c).
-    W maps [h, x] (the spec's concatenation order) for each gate; b per gate."""
+    """f = σ(W_f[h, x] + b_f), i, g = tanh(W_c[h, x] + b_c), o; c = f c + i g; h = o tanh(c).
+    W maps [h, x] (the textbook concatenation order) for each gate; b per gate."""
     hx = torch.cat([h, x], 1)
     f = sigmoid(hx @ W["f"].T + b["f"])
     i = sigmoid(hx @ W["i"].T + b["i"])
@@ -146,7 +146,7 @@ VARIANTS = ["vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"]
 
 
 def spec_gates(cell, names):
-    """The stacked parameters re-expressed as CELLS.md's one matrix per gate over [h, x]."""
+    """The stacked parameters re-expressed as one matrix per gate over [h, x] (docs/maths.md)."""
     H = cell.hidden_size
     W = {n: torch.cat([wh, wx], 1).detach() for n, wh, wx in zip(names, cell.weight_hh.split(H), cell.weight_ih.split(H))}
     b = dict(zip(names, cell.bias.detach().split(H)))
@@ -154,7 +154,7 @@ def spec_gates(cell, names):
 
 
 def reference_greff(x, h, c, s, cell, flags, output_reads="c_t"):
-    """Greff et al. 2017's LSTM with one variant's change, written from CELLS.md and the paper.
+    """Greff et al. 2017's LSTM with one variant's change, written from the paper.
     s: the previous step's sigmoid gate activations {name: (B, H)} (FGR), else None."""
     one = torch.ones_like(h)
     present = [g for g, off in (("i", "NIG"), ("f", "NFG"), ("o", "NOG")) if off not in flags and not (g == "f" and "CIFG" in flags)]
@@ -216,7 +216,7 @@ def test_peephole_and_cifg_match_spec(output_reads, batch, steps, inp, hid):
 
 
 @pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
-def test_gru_classic_matches_seed_002(batch, steps, inp, hid):
+def test_gru_classic_matches_cho_et_al(batch, steps, inp, hid):
     torch.manual_seed(batch + steps)
     cell = GRUClassic(inp, hid)
     W, b = spec_gates(cell, ["r", "z", "h"])
@@ -642,9 +642,104 @@ def test_on_two_threads_every_product_takes_torchs_own(monkeypatch):
     assert not calls
 
 
-# ------------------------------------------------------------------------------ double backward
+# ------------------------------------------------------- what a cell declares: weights, readout
+
+import copy  # noqa: E402
 
 from torch.autograd import gradgradcheck  # noqa: E402
+
+from rnnlab.cells import GROUPS, Cell  # noqa: E402
+
+
+def width(name):
+    return 8 if name == "transformer" else 4  # divisible by the default 4 heads
+
+
+@pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
+def test_every_cell_declares_its_own_tensors_with_one_gate_per_row_block(name, options):
+    cell = CELLS[name](3, width(name), **options)
+    own = [*cell.parameters(), *cell.buffers()]
+    declared = cell.weight_groups()
+    for w in declared:
+        assert w.group in GROUPS and any(w.tensor is t for t in own), w.group
+        rows = len(w.gates) * (1 if w.group == "peephole" else cell.hidden_size)  # a peephole row is one gate's p
+        assert not w.gates or (w.tensor.size(0) == rows and len(set(w.gates)) == len(w.gates))
+    trainable = [p for p in cell.parameters() if p.requires_grad]
+    if name == "transformer":  # no recurrent weight, no gates: the probe calls all of it "other"
+        assert declared == [] and trainable
+        return
+    assert all(any(p is w.tensor for w in declared) for p in trainable)  # nothing left undeclared
+    (recurrent,) = [w for w in declared if w.group == "recurrent"]
+    if name == "indrnn" and options.get("u_max"):  # trained v, applied u = u_max tanh(v)
+        assert torch.equal(recurrent.applied, cell.u) and not torch.equal(recurrent.tensor, cell.u)
+
+
+def close(cell, **bias):
+    """A copy of ``cell`` whose named gates get the given bias (±1e4: the gate shut or open, in
+    float64 exactly 0 or 1), found through what the cell declares."""
+    cell = copy.deepcopy(cell)
+    with torch.no_grad():
+        for w in cell.weight_groups():
+            if w.group == "bias":
+                rows = w.tensor.view(len(w.gates), -1)
+                for gate, value in bias.items():
+                    rows[w.gates.index(gate)] = value
+    return cell
+
+
+BIG = 1e4
+LSTM_FAMILY = [("lstm", {}), ("peephole", {}), ("cifg", {}), *[("lstm_variant", {"variant": v}) for v in VARIANTS]]
+
+
+@pytest.mark.parametrize("name,options", LSTM_FAMILY, ids=lambda v: str(v))
+def test_each_declared_lstm_gate_is_the_gate_of_that_name_in_the_forward(name, options):
+    torch.manual_seed(12)
+    cell = CELLS[name](3, 4, **options)
+    gates = next(w.gates for w in cell.weight_groups() if w.group == "bias")
+    x = torch.randn(2, 3)
+    one, other = perturbed_state(cell, 2, x), perturbed_state(cell, 2, x)
+    other = (one[0], other[1], *one[2:])  # the same h (and FGR's gates), another c_{t-1}
+
+    def step(cell, state):
+        _, (h, c, *_) = cell(x, state)
+        return h, c
+
+    if "o" in gates:  # o = 0: nothing goes out
+        assert torch.equal(step(close(cell, o=-BIG), one)[0], torch.zeros(2, 4))
+    if "i" in gates:  # i = 0 and f = 1 (CIFG: f = 1 - i): the memory is kept as it was
+        shut = close(cell, i=-BIG, **({"f": BIG} if "f" in gates else {}))
+        assert torch.allclose(step(shut, one)[1], one[1], atol=1e-12, rtol=0)
+    if "f" in gates:  # f = 0 and i = 1: the memory is g alone, whatever c_{t-1} was
+        forget = close(cell, f=-BIG, **({"i": BIG} if "i" in gates else {}))
+        assert torch.allclose(step(forget, one)[1], step(forget, other)[1], atol=1e-12, rtol=0)
+        assert not torch.allclose(step(cell, one)[1], step(cell, other)[1])
+
+
+@pytest.mark.parametrize("name,keep,take", [("gru", BIG, -BIG), ("gru_classic", -BIG, BIG)])
+def test_each_declared_gru_gate_is_the_gate_of_that_name_in_the_forward(name, keep, take):
+    """z keeps h_{t-1} where it is 1 in the fused kernel's convention, where it is 0 in Cho et al.'s."""
+    torch.manual_seed(13)
+    cell = CELLS[name](3, 4)
+    candidate = "n" if name == "gru" else "h"
+    x = torch.randn(2, 3)
+    one, other = perturbed_state(cell, 2, x), perturbed_state(cell, 2, x)
+    assert torch.equal(close(cell, z=keep)(x, one)[0], one[0])  # z: the update gate keeps h
+    reset = close(cell, z=take, r=-BIG)  # h_t = the candidate, r = 0: it reads no h_{t-1}
+    assert torch.allclose(reset(x, one)[0], reset(x, other)[0], atol=1e-12, rtol=0)
+    assert torch.equal(close(cell, z=take, **{candidate: BIG})(x, one)[0], torch.ones(2, 4))  # tanh(big) = 1
+
+
+def test_every_cell_declares_how_it_is_fitted():
+    assert Cell.readout == "gradient"
+    for name, make in CELLS.items():
+        if name != "esn":
+            assert make(3, width(name)).readout == "gradient", name
+    assert ESN(3, 4).readout == "ridge" and ESN(3, 4, readout="gradient").readout == "gradient"
+    assert StackedRNN("esn", 3, 4, depth=2).layers[0].readout == "ridge"  # where the run reads it
+    assert StackedRNN("lstm", 3, 4).layers[0].readout == "gradient"
+
+
+# ------------------------------------------------------------------------------ double backward
 
 # Every hand-written backward; a fused cell runs its twin when tapped.
 HAND_WRITTEN = [("peephole", {}, "GatedLSTM"), ("lstm_variant", {"variant": "FGR"}, "GatedLSTM"),
