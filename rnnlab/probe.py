@@ -9,14 +9,15 @@ time. For each sample the L2 norm over the h units; then the mean over the batch
 
 How, exactly, even for fused kernels. Retaining the gradient of a fused layer's output
 sequence gives only the part that flows up through the next layer: the part that flows back
-through time stays inside the kernel. So on a probed step every layer's ``scan`` gets a *tap*,
-a (T, B, H) buffer its backward fills with the total dL/dh_t (rnnlab/cells.py): the
-hand-written backwards form that sum at every step anyway, and a fused cell runs its
-hand-written twin (the same function, tested equal) for that one step. Every step is exact,
-for one copy per step; ``resolution`` k keeps every k-th step, counted back from the window's
-last (the others are NaN: not kept). The probed step is the training step itself (no extra
-forward or backward), with truncated BPTT as training does it: steps before the truncation
-window get no gradient and read 0.
+through time stays inside the kernel. So on a probed step the training forward scans every
+layer through ``Probe.scan`` (the scan hook StackedRNN.features takes), which hands the
+layer's ``scan`` a *tap*: a (T, B, H) buffer its backward fills with the total dL/dh_t
+(rnnlab/cells.py). The hand-written backwards form that sum at every step anyway, and a fused
+cell runs its hand-written twin (the same function, tested equal) for that one step. Every
+step is exact, for one copy per step; ``resolution`` k keeps every k-th step, counted back
+from the window's last (the others are NaN: not kept). The probed step is the training step
+itself (no extra forward or backward) and truncated BPTT is training's own
+(rnnlab/train.py): steps before the truncation window get no gradient and read 0.
 
 Weights are grouped as each cell declares them (``Cell.weight_groups``): input, recurrent,
 bias, peephole, gate_recurrent, and "other" for any parameter a cell does not declare; keys
@@ -61,7 +62,14 @@ class ProbeRecord:
 
 @dataclass
 class Probe:
-    """Decides which steps are probed and turns them into ProbeRecords (kept in ``records``)."""
+    """Decides which steps are probed, taps their forward (``scan``) and turns them into
+    ProbeRecords (kept in ``records``).
+
+        probe = Probe(every=10)
+        out, state = rnnlab.train.forward(model, x, state, carry, truncation, run=probe.scan)
+        loss_of(out, y).backward()
+        record = probe.record(model, step, max_norm, length=x.size(1))   # before clipping
+    """
 
     every: int  # probe every ``every`` optimiser steps; 0 = never
     resolution: int = 1  # keep ||dL/dh_t|| at every ``resolution``-th step back from the last (1: all)
@@ -70,44 +78,25 @@ class Probe:
     # CPU thread, more than all the rest; and they describe weights, which move slowly.
     spectra_every: int = 1
     records: list[ProbeRecord] = field(default_factory=list)
+    # (layer, direction) -> the tap of the forward in flight: dL/dh, (window, B, H)
+    _taps: dict[tuple[int, int], Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def forward(
-        self, model: nn.Module, x: Tensor, state: list[State] | None, stream: bool, truncation: int
-    ) -> tuple[Tensor, list[State] | None]:
-        """The training forward of a probed step, as ``rnnlab.train.forward`` does it (same
-        outputs, same gradients), every layer tapped."""
-        T = x.size(1)
-        k = truncation if 0 < truncation < T and not stream else T
-        if k < T:
-            with torch.no_grad():
-                _, state = model(x[:, : T - k])
-        self._T, self._offset = T, T - k
-        self._taps: dict[tuple[int, int], Tensor] = {}  # (layer, direction) -> dL/dh, (window, B, H)
+    def scan(self, cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
+        """The scan hook of a probed forward (rnnlab.model.Scan): one layer's scan, tapped."""
+        tap = self._taps[layer, direction] = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
+        return cell.scan(x, state, tap)
 
-        def run(cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
-            tap = self._taps[layer, direction] = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
-            return cell.scan(x, state, tap)
-
-        features, new_state = model.features(x[:, T - k :], state, run=run)
-        carried = [tuple(t.detach() for t in layer) for layer in new_state] if stream else None
-        return model.head(features), carried
-
-    def record(self, model: nn.Module, step: int, max_norm: float) -> ProbeRecord:
+    def record(self, model: nn.Module, step: int, max_norm: float, length: int | None = None) -> ProbeRecord:
         """After backward and before clipping (clipping rescales the weight gradients in
-        place): collect everything for this step."""
+        place): collect everything for this step. ``length``: the steps the forward read, of
+        which the taps cover the last (truncated BPTT's window; the steps before it got no
+        gradient); None when the taps cover them all."""
+        if not self._taps:
+            raise RuntimeError("Probe.record: no tapped forward since the last record (pass run=probe.scan to it)")
         layers = len(model.layers)
-        directions = 2 if getattr(model, "backward_layers", None) is not None else 1
-        dh = np.full((layers, directions, self._T), np.nan)
-        dh[:, :, : self._offset] = 0.0  # before the truncation window: no gradient reaches
-        window = self._T - self._offset
-        kept = np.arange(window - 1, -1, -self.resolution)  # every k-th step back from the last
-        for (layer, direction), tap in self._taps.items():
-            norms = tap.double().norm(dim=-1).mean(1).cpu().numpy()  # (window,), in the cell's time
-            norms = norms if direction == 0 else norms[::-1]  # the backward cell ran reversed
-            dh[layer, direction, self._offset + kept] = norms[kept]
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)).item() if grads else 0.0
         if step % self.spectra_every == 0:
@@ -115,13 +104,28 @@ class Probe:
         else:
             radius = singular = np.full(layers, np.nan)
         record = ProbeRecord(
-            step=step, dh=dh, weight_norms=weight_norms(model), grad_norm=grad_norm,
+            step=step, dh=self._dh(model, length), weight_norms=weight_norms(model), grad_norm=grad_norm,
             grad_norm_clipped=min(grad_norm, max_norm), clipped=grad_norm > max_norm,
             spectral_radius=radius, max_singular=singular,
         )
         self.records.append(record)
         self._taps = {}
         return record
+
+    def _dh(self, model: nn.Module, length: int | None) -> np.ndarray:
+        """(layers, directions, T) of ||dL/dh_t|| from the taps: 0 before the window, NaN where not kept."""
+        window = next(iter(self._taps.values())).size(0)
+        T = window if length is None else length
+        offset = T - window  # the steps before the truncation window: no gradient reaches them
+        directions = 2 if getattr(model, "backward_layers", None) is not None else 1
+        dh = np.full((len(model.layers), directions, T), np.nan)
+        dh[:, :, :offset] = 0.0
+        kept = np.arange(window - 1, -1, -self.resolution)  # every k-th step back from the last
+        for (layer, direction), tap in self._taps.items():
+            norms = tap.double().norm(dim=-1).mean(1).cpu().numpy()  # (window,), in the cell's time
+            norms = norms if direction == 0 else norms[::-1]  # the backward cell ran reversed
+            dh[layer, direction, offset + kept] = norms[kept]
+        return dh
 
 
 def _named_cells(model: nn.Module) -> Iterator[tuple[str, Cell]]:

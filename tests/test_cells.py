@@ -799,13 +799,13 @@ def test_gradgradcheck_through_the_step_loop(name, options):
 
 def test_a_transformer_state_carried_chunk_after_chunk_stays_window_long():
     """A char_lm epoch carries the cache from chunk to chunk: it must not grow with the epoch."""
-    from rnnlab.train import forward
+    from rnnlab.train import detached, forward
 
     torch.manual_seed(17)
     model = StackedRNN("transformer", 3, 4, depth=2, output_size=3, many_to_many=True, heads=2, window=8)
     state, sizes = None, []
     for chunk in range(40):  # 40 chunks of 5 steps: 200 steps through a cache of 8
-        out, state = forward(model, torch.randn(2, 5, 3), state, True, 0)
+        out, state = forward(model, torch.randn(2, 5, 3), detached(state), True, 0)
         out.sum().backward()
         for k, v in state:
             assert k.shape == v.shape == (2, min(5 * (chunk + 1), 8), 4)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from rnnlab.cells import CELLS
 from rnnlab.model import StackedRNN
 from rnnlab.probe import Probe, spectra, summary_metrics, weight_norms
+from rnnlab.train import forward
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -49,11 +50,12 @@ def reference_dh(model: StackedRNN, x: torch.Tensor, y: torch.Tensor, truncation
 
 
 def probed(model: StackedRNN, x, y, resolution=1, truncation=0):
+    """A probed training step: train's forward (its truncation) with the probe's scan hook."""
     probe = Probe(every=1, resolution=resolution)
-    out, _ = probe.forward(model, x, None, False, truncation)
+    out, _ = forward(model, x, None, False, truncation, run=probe.scan)
     model.zero_grad()
     F.mse_loss(out, y).backward()
-    return probe.record(model, 1, max_norm=math.inf)
+    return probe.record(model, 1, max_norm=math.inf, length=x.size(1))
 
 
 @pytest.mark.parametrize("cell", RECURRENT)
@@ -137,7 +139,7 @@ def test_spectra_come_on_probed_steps_that_are_multiples_of_spectra_every():
     x, y = torch.randn(4, 5, 3), torch.randn(4, 1)
     probe = Probe(every=1, spectra_every=3)
     for step in range(1, 7):
-        out, _ = probe.forward(model, x, None, False, 0)
+        out, _ = forward(model, x, None, False, 0, run=probe.scan)
         model.zero_grad()
         F.mse_loss(out, y).backward()
         probe.record(model, step, max_norm=math.inf)
