@@ -20,6 +20,11 @@ derivative dL/dh_t of every step (the gradient from above plus the one from step
 
 Every function here is tested against the cell's step-by-step ``forward`` (outputs and all
 gradients, float64) and with torch.autograd.gradcheck (tests/test_cells.py).
+
+Once differentiable: the backward loops write into preallocated buffers (``out=``), which
+autograd cannot record, so a graph of the backward (torch.autograd.grad(..., create_graph=True),
+as a gradient penalty needs) is refused with a pointer to the step loop
+(``StackedRNN.forward(x, step_path=True)``), which autograd differentiates as often as asked.
 """
 from __future__ import annotations
 
@@ -98,6 +103,16 @@ def _flat(t: Tensor) -> Tensor:
 
 def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
+
+
+def _once_differentiable(function: str) -> None:
+    """Refuse to build a graph of a backward (autograd runs a backward with grad mode on only
+    when asked to, by create_graph=True): one line saying what to use instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"rnnlab.bptt.{function}'s hand-written backward cannot be differentiated again (create_graph=True); "
+            "use the step loop, which can: StackedRNN.forward(x, step_path=True) or rnnlab.cells.step_scan"
+        )
 
 
 class GatedLSTM(torch.autograd.Function):
@@ -198,6 +213,7 @@ class GatedLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor | None, d_c: Tensor | None, d_s: Tensor | None) -> tuple:
+        _once_differentiable("GatedLSTM")
         flags, names, E = ctx.cfg
         z, cs, sig, gs, outs, s0, w, peep, w_ss = ctx.saved
         T, B, H = outs.shape
@@ -315,7 +331,7 @@ class GatedLSTM(torch.autograd.Function):
 
 
 class GRUClassic(torch.autograd.Function):
-    """Seed 002's GRU: gates stacked [r | z | h̃]; the reset acts before the recurrent product."""
+    """The GRU of Cho et al. 2014: gates stacked [r | z | h̃]; the reset acts before the recurrent product."""
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor, dh_out: Tensor | None = None) -> Tensor:
@@ -337,6 +353,7 @@ class GRUClassic(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        _once_differentiable("GRUClassic")
         hs, rz, rh, cand, w_hh = ctx.saved
         T, B, H = cand.shape
         w_rz, w_h = _untransposed(w_hh[: 2 * H]), _untransposed(w_hh[2 * H :])
@@ -376,6 +393,7 @@ class IndRNN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        _once_differentiable("IndRNN")
         hs, u = ctx.saved
         da = torch.empty_like(hs[1:])
         dh_next = torch.zeros_like(hs[0])
@@ -408,6 +426,7 @@ class Elman(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        _once_differentiable("Elman")
         hs, w_hh = ctx.saved
         dh_out = ctx.dh_out
         slope = (hs[1:] > 0).to(hs.dtype) if ctx.relu else 1 - hs[1:] * hs[1:]  # act'(a_t) from h_t
@@ -448,6 +467,7 @@ class GRU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        _once_differentiable("GRU")
         hs, rz, n, hp_n, w_hh = ctx.saved
         T, B, H = n.shape
         dh_out = ctx.dh_out

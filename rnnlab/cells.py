@@ -5,9 +5,11 @@ Every cell is an ``nn.Module`` with
     forward(x_t, state) -> (h_t, state)     one step; x_t (B, I), h_t (B, H), state a tuple of tensors
     init_state(batch, like) -> state         zeros, on the device and dtype of ``like``
     scan(x, state, tap=None) -> (outputs, state)   a whole (B, T, I) sequence; outputs (B, T, H)
+    weight_groups() -> [Weight]              its weights by role, and the gate of every row block
+    readout                                  how the run fits it: "gradient" (train) or "ridge" (fit_ridge)
 
 so that the stack, the training loop and the gradient probe never branch on the cell type.
-``forward`` is the readable reference: the gate math of ../shared/spec/CELLS.md in plain view.
+``forward`` is the readable reference: the gate math (docs/maths.md) in plain view.
 ``scan`` runs the same function fast:
 
 - rnn, lstm, gru: PyTorch's fused kernels (cuDNN on a GPU) over the same parameters;
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,10 +72,39 @@ def _choice(key: str, value: object, allowed: tuple) -> None:
         raise ValueError(f"cell.{key}={value!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
 
 
+class Weight(NamedTuple):
+    """One weight tensor a cell declares, for the gradient probe (rnnlab/probe.py).
+
+    group: its role, one of ``GROUPS``. gates: the names of its row blocks along dim 0, in the
+    order the cell stacks them (its forward's ``chunk``), () when it is not split into gates.
+    applied: what the recurrence multiplies by when a parametrisation maps the trained tensor
+    to it (IndRNN's bounded u = u_max tanh(v)); None when that is ``tensor`` itself.
+    """
+
+    group: str
+    tensor: Tensor
+    gates: tuple[str, ...] = ()
+    applied: Tensor | None = None
+
+
+# input: W_ih (W_in); recurrent: W_hh, or IndRNN's vector u; bias; peephole: the diagonal p's;
+# gate_recurrent: FGR's matrix from the last step's gates to this step's. The probe sums any
+# trainable parameter a cell does not declare (a Transformer's) into "other".
+GROUPS = ("input", "recurrent", "bias", "peephole", "gate_recurrent")
+
+
 class Cell(nn.Module):
-    """What every cell shares: its sizes, zero initial state, and the step loop as ``scan``."""
+    """What every cell shares: its sizes, zero initial state, and the step loop as ``scan``.
+
+    A cell declares its weights with ``weight_groups()`` (the probe reads norms and spectra
+    from it, never from attribute names), and how it is fitted with ``readout``: "gradient",
+    the training loop (rnnlab.train.train); "ridge", a closed-form readout with nothing in the
+    recurrence trained (rnnlab.train.fit_ridge; an echo state network). The run picks one from
+    ``model.layers[0].readout``.
+    """
 
     n_states = 1  # how many (B, H) tensors the state holds: (h,) or (h, c)
+    readout: str = "gradient"
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -85,6 +116,10 @@ class Cell(nn.Module):
 
     def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         return step_scan(self, x, state, tap)
+
+    def weight_groups(self) -> list[Weight]:
+        """Every weight by role (``GROUPS``), with the gate of each row block."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its weights (Cell.weight_groups)")
 
 
 # ------------------------------------------------------------------------------ initialisation
@@ -151,6 +186,8 @@ class _Fused(Cell):
     the function are the spec's; gru keeps both, since its b_hn sits inside r * (W_hn h + b_hn).
     """
 
+    GATES: tuple[str, ...] = ()  # the kernel's gate order along dim 0 (rnn: no gates)
+
     def __init__(self, fused: nn.RNNBase, fold_bias: bool, recurrent_init: str) -> None:
         super().__init__(fused.input_size, fused.hidden_size)
         self.fused = fused
@@ -176,6 +213,14 @@ class _Fused(Cell):
     @property
     def bias_hh(self) -> Tensor:
         return self.fused.bias_hh_l0
+
+    def weight_groups(self) -> list[Weight]:
+        biases = [self.bias_ih] + ([self.bias_hh] if self.bias_hh.requires_grad else [])  # not a folded one
+        return [
+            Weight("input", self.weight_ih, self.GATES),
+            Weight("recurrent", self.weight_hh, self.GATES),
+            *(Weight("bias", b, self.GATES) for b in biases),
+        ]
 
     def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         if tap is not None:  # the kernel hides the path through time: the subclasses run their twin
@@ -221,9 +266,11 @@ class RNN(_Fused):
 
 
 class LSTM(_Fused):
-    """LSTM (seeds 000-002): input, forget, output gates and a cell state c."""
+    """LSTM (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000): input,
+    forget, output gates and a cell state c."""
 
     n_states = 2
+    GATES = ("i", "f", "g", "o")  # PyTorch's order
 
     def __init__(
         self,
@@ -264,8 +311,10 @@ class GRU(_Fused):
 
     r = σ(W_ir x + b_ir + W_hr h + b_hr), z likewise,
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}.
-    Not seed 002's GRU, which applies r before the product (that is ``GRUClassic``).
+    Not the GRU of Cho et al. 2014, which applies r before the product (that is ``GRUClassic``).
     """
+
+    GATES = ("r", "z", "n")
 
     def __init__(self, input_size: int, hidden_size: int, recurrent_init: RecurrentInit = "default") -> None:
         _choice("recurrent_init", recurrent_init, ("default", "orthogonal"))
@@ -348,6 +397,16 @@ class _GatedLSTM(Cell):
                 b["i"].neg_()
         self.n_states = 2 + (S if "FGR" in flags else 0)
 
+    def weight_groups(self) -> list[Weight]:
+        gates, sigmoid = tuple(self.gates), tuple(self.sigmoid_gates)
+        groups = [Weight("input", self.weight_ih, gates), Weight("recurrent", self.weight_hh, gates),
+                  Weight("bias", self.bias, gates)]
+        if self.peephole is not None:  # (S, H): row k is gate k's p
+            groups.append(Weight("peephole", self.peephole, sigmoid))
+        if self.weight_ss is not None:  # rows: the gate that reads; columns: last step's gates
+            groups.append(Weight("gate_recurrent", self.weight_ss, sigmoid))
+        return groups
+
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         h, c_prev, *s_prev = state  # s_prev: last step's sigmoid gate activations (FGR only)
         a = F.linear(x_t, self.weight_ih, self.bias) + F.linear(h, self.weight_hh)
@@ -399,8 +458,8 @@ def _gated_scan(
 
 class Peephole(_GatedLSTM):
     """LSTM whose gates read the cell state through diagonal weights p (Gers & Schmidhuber 2000).
-    The output gate reads the new c_t; ``output_reads=c_prev`` reads c_{t-1} (seed 001's figure).
-    Greff et al.'s vanilla LSTM."""
+    The output gate reads the new c_t; ``output_reads=c_prev`` reads c_{t-1}, as some LSTM
+    diagrams draw it. Greff et al.'s vanilla LSTM."""
 
     def __init__(
         self,
@@ -418,7 +477,8 @@ class Peephole(_GatedLSTM):
 
 
 class CIFG(_GatedLSTM):
-    """Coupled input and forget gates, f = 1 - i (seed 001), without peepholes (CELLS.md's row)."""
+    """Coupled input and forget gates, f = 1 - i (Greff et al. 2017's CIFG), without
+    peepholes (``lstm_variant`` with variant=CIFG keeps them)."""
 
     def __init__(
         self,
@@ -461,7 +521,7 @@ class LSTMVariant(_GatedLSTM):
 
 
 class GRUClassic(Cell):
-    """Seed 002's GRU (Cho et al. 2014): the reset gate acts before the recurrent product.
+    """The GRU of Cho et al. 2014: the reset gate acts before the recurrent product.
 
     r = σ(W_r[h, x] + b_r), z = σ(W_z[h, x] + b_z), h̃ = tanh(W_h[r ⊙ h, x] + b_h),
     h_t = (1 - z) ⊙ h_{t-1} + z ⊙ h̃.   One bias per gate; gates stacked r, z, h̃."""
@@ -484,6 +544,11 @@ class GRUClassic(Cell):
         candidate = torch.tanh(x_h + F.linear(r * h, w_h))
         h = (1 - z) * h + z * candidate
         return h, (h,)
+
+    def weight_groups(self) -> list[Weight]:
+        gates = ("r", "z", "h")  # h: the candidate h̃
+        return [Weight("input", self.weight_ih, gates), Weight("recurrent", self.weight_hh, gates),
+                Weight("bias", self.bias, gates)]
 
     def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 3H)
@@ -526,6 +591,13 @@ class IndRNN(Cell):
         (h,) = state
         h = torch.relu(F.linear(x_t, self.weight_ih, self.bias) + self.u * h)
         return h, (h,)
+
+    def weight_groups(self) -> list[Weight]:
+        if parametrize.is_parametrized(self, "u"):  # the trained tensor is v; forward applies u = u_max tanh(v)
+            u = Weight("recurrent", self.parametrizations.u.original, applied=self.u)
+        else:
+            u = Weight("recurrent", self.u)
+        return [Weight("input", self.weight_ih), u, Weight("bias", self.bias)]
 
     def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, H)
@@ -574,6 +646,10 @@ class ESN(Cell):
         h = (1 - self.leak) * h + self.leak * new
         return h, (h,)
 
+    def weight_groups(self) -> list[Weight]:
+        # Frozen buffers, declared so that the probe's spectra see the reservoir; no gradients.
+        return [Weight("input", self.weight_ih), Weight("recurrent", self.weight_hh), Weight("bias", self.bias)]
+
 
 def _reservoir(size: int, density: float, radius: float) -> Tensor:
     """A sparse random (size, size) matrix with a fraction ``density`` of non-zeros, scaled to
@@ -591,25 +667,39 @@ def _reservoir(size: int, density: float, radius: float) -> Tensor:
 
 
 class Transformer(Cell):
-    """One pre-norm causal Transformer block (Vaswani et al. 2017), the attention baseline of
-    seed 002: x + Attention(LN x), then + MLP(LN x). Stacked ``depth`` times by StackedRNN.
+    """One pre-norm causal Transformer block (Vaswani et al. 2017), the attention baseline
+    beside the recurrent cells: x + Attention(LN x), then + MLP(LN x). Stacked ``depth`` times
+    by StackedRNN.
 
     Position enters as ALiBi (Press et al. 2022): head k's score for key j from query t is
     lowered by slope_k (t - j). It needs no parameters, works at every layer and at any length,
     and carries over chunk boundaries. The state is the cache of past keys and values
     (B, P, H) each, so truncated BPTT can carry a detached cache like a recurrent state;
     ``forward(x_t, state)`` is one step of the same function.
+
+    ``window``: a query at t attends to itself and the ``window`` steps before it
+    (t - window <= j <= t), and the cache keeps the last ``window`` keys and values (P <= window),
+    so a state carried chunk after chunk (a char_lm epoch) stays that size. Distances are
+    relative, so ALiBi is the same with the older keys dropped. The default, 1024, covers every
+    default task's sequence whole (none is longer than 120 steps); beyond it the slowest head
+    (slope 2^-8, whatever ``heads``) has discounted a key by e^-4 ≈ 2%. Set it to at least the
+    sequence length for a task whose dependencies span the whole sequence (copy with data.length
+    above 1000).
     """
 
     n_states = 2
 
-    def __init__(self, input_size: int, hidden_size: int, heads: int = 4, mlp_ratio: int = 4) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, heads: int = 4, mlp_ratio: int = 4, window: int = 1024
+    ) -> None:
         super().__init__(input_size, hidden_size)
         if heads < 1 or hidden_size % heads:
             raise ValueError(f"cell.heads={heads}: must divide hidden_size={hidden_size}")
         if mlp_ratio < 1:
             raise ValueError(f"cell.mlp_ratio={mlp_ratio} is out of range (allowed: >= 1)")
-        self.heads = heads
+        if window < 1:
+            raise ValueError(f"cell.window={window} is out of range (allowed: >= 1)")
+        self.heads, self.window = heads, window
         # Layer 1 reads the features (or a bidirectional stack's 2h): project to the width first.
         self.embed = nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
         self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
@@ -637,14 +727,20 @@ class Transformer(Cell):
         key_at = torch.arange(P + T, device=x.device)[None, :]
         distance = (query_at - key_at).to(x.dtype)  # (T, P + T)
         bias = -self.slopes.to(x.dtype)[:, None, None] * distance  # (heads, T, P + T)
-        bias = bias.masked_fill(distance < 0, float("-inf"))  # causal: no key from the future
+        # Causal (no key from the future) and windowed (none older than ``window`` steps).
+        bias = bias.masked_fill((distance < 0) | (distance > self.window), float("-inf"))
         split = lambda t: t.view(B, -1, self.heads, H // self.heads).transpose(1, 2)  # (B, heads, ·, H/heads)
         att = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, H))
         x = x + self.mlp(self.norm2(x))
         if tap is not None and x.requires_grad:  # no path through time from h_t: its gradient is all from above
             x.register_hook(functools.partial(_write, tap.transpose(0, 1)))
-        return x, (k, v)
+        return x, (k[:, -self.window :], v[:, -self.window :])  # the keys a later query can still see
+
+    def weight_groups(self) -> list[Weight]:
+        # No recurrent weight (the cache holds values, not a recurrence) and no gate stacking:
+        # the probe sums every parameter into "other".
+        return []
 
 
 CELLS: dict[str, type[Cell]] = {

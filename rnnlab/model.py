@@ -1,4 +1,4 @@
-"""StackedRNN: cells x depth x direction, dropout between layers, and a linear head (seed 000).
+"""StackedRNN: cells x depth x direction, dropout between layers, and a linear head.
 
     x (B, T, I) -> layer 1 -> dropout -> layer 2 -> ... -> layer L -> h^L_T -> Linear -> ŷ (B, O)
                                                           many-to-many: h^L_t -> Linear -> ŷ (B, T, O)
@@ -79,7 +79,8 @@ class StackedRNN(nn.Module):
     ) -> tuple[Tensor, list[State]]:
         """What the head reads: (B, width) many-to-one or (B, T, width) many-to-many, and the
         (forward) state of every layer. ``run(cell, x, state, layer, direction)`` scans one
-        layer (the gradient probe passes its own, which records the chunk edges)."""
+        layer in place of ``cell.scan`` (the gradient probe passes its own, which taps every
+        layer: rnnlab.probe.Probe.scan)."""
         if state is None:
             state = self.init_state(x.size(0), x)
         if run is None:
@@ -104,14 +105,16 @@ class StackedRNN(nn.Module):
         return last, new_state
 
     def forward(
-        self, x: Tensor, state: list[State] | None = None, step_path: bool = False
+        self, x: Tensor, state: list[State] | None = None, step_path: bool = False, run: Scan | None = None
     ) -> tuple[Tensor, list[State]]:
         """x (B, T, I) -> (ŷ (B, O) or (B, T, O) if many_to_many, every layer's last state).
 
         ``step_path=True`` runs every layer through its step loop instead of its fast scan:
-        the same function, slower, with every h_t a node of the autograd graph.
+        the same function, slower, with every h_t a node of the autograd graph, so autograd
+        can differentiate it twice (a gradient penalty); the loop cells' hand-written
+        backwards cannot. ``run``: a scan hook, as for ``features``.
         """
-        features, state = self.features(x, state, step_path)
+        features, state = self.features(x, state, step_path, run)
         return self.head(features), state
 
 

@@ -5,14 +5,15 @@ nothing of MLflow, Optuna or Hydra. A pruning hook (Optuna) raises from ``on_epo
 simply unwinds ``train``.
 
 The data declares its task (``data.task``), and the loss and the metrics follow from it.
-Regression: the mean squared error over the batch, *without* the spec's ½ (CELLS.md writes
-L = Σ_t ½(ŷ_t - y_t)²). The ½ only rescales gradients by 2, and the plain mean is what the
-baselines, the reports and every other tool call "MSE". Classification: the cross-entropy in
-nats, averaged over every prediction (every step for many-to-many tasks).
+Regression: the mean squared error over the batch, *without* the ½ of the textbook
+L = Σ_t ½(ŷ_t - y_t)² (docs/maths.md). The ½ only rescales gradients by 2, and the plain mean
+is what the baselines, the reports and every other tool call "MSE". Classification: the
+cross-entropy in nats, averaged over every prediction (every step for many-to-many tasks).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.cells import State
-from rnnlab.model import fit_readout
+from rnnlab.model import Scan, fit_readout
 from rnnlab.config import TrainConfig
 from rnnlab.probe import Probe, ProbeRecord
 from rnnlab.data import Sequences, Stream, Task, Windows
@@ -53,7 +54,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def forward_truncated(model: nn.Module, x: Tensor, truncation: int) -> Tensor:
+def forward_truncated(model: nn.Module, x: Tensor, truncation: int, run: Scan | None = None) -> Tensor:
     """Forward a many-to-one window so that gradients reach back at most ``truncation`` steps.
 
         x:  | t = 1 ............ L-k | L-k+1 ........ L |  -> ŷ, loss
@@ -62,40 +63,47 @@ def forward_truncated(model: nn.Module, x: Tensor, truncation: int) -> Tensor:
 
     The burn-in runs without autograd, so its outputs are the same as a full forward but no
     gradient flows into steps older than k; the loss sits at the last step only, so this is
-    the spec's "forward k steps, backpropagate k steps" with chunks aligned to the window's
-    end. ``truncation`` = 0 (or >= L) is full BPTT.
+    "forward k steps, backpropagate k steps" of truncated BPTT (docs/maths.md) with chunks
+    aligned to the window's end. ``truncation`` = 0 (or >= L) is full BPTT. ``run``, a scan
+    hook (the gradient probe's), scans the k steps only: the burn-in gets no gradient to see.
     """
     k = truncation
     if k == 0 or k >= x.size(1):
-        return model(x)[0]
+        return model(x, run=run)[0]
     with torch.no_grad():
         _, state = model(x[:, :-k])
-    return model(x[:, -k:], state)[0]
+    return model(x[:, -k:], state, run=run)[0]
 
 
 def forward(
-    model: nn.Module, x: Tensor, state: list[State] | None, carry: bool, truncation: int
+    model: nn.Module, x: Tensor, state: list[State] | None, carry: bool, truncation: int, run: Scan | None = None
 ) -> tuple[Tensor, list[State] | None]:
     """One forward of a batch or of a chunk of one. With ``carry`` (a stream, or a chunk of a
-    many-to-many sequence) it continues from the state the previous chunk ended with and hands
-    its own on, cut from the graph, so gradients stop at the chunk boundary
-    (word_language_model's repackage_hidden); ``truncation`` is then already the chunking.
-    Otherwise it is a many-to-one window from a zero state, truncated by ``forward_truncated``.
+    many-to-many sequence) it continues from ``state``, the one the previous chunk ended with,
+    and returns its own, still in the graph (the loop cuts it: ``detached``); ``truncation`` is
+    then already the chunking. Otherwise it is a many-to-one window from a zero state,
+    truncated by ``forward_truncated``. ``run``: a scan hook for every layer (rnnlab.model.Scan).
+    """
+    if not carry:
+        return forward_truncated(model, x, truncation, run), None
+    return model(x, state, run=run)
+
+
+def detached(state: list[State] | None) -> list[State] | None:
+    """The carried state's values, cut from the graph (word_language_model's repackage_hidden),
+    so the next chunk's backward stops at its first step:
 
         chunk i-1 ──state──> chunk i ──state──> chunk i+1        (values carried)
                    ✂ grad               ✂ grad                   (graph cut)
     """
-    if not carry:
-        return forward_truncated(model, x, truncation), None
-    out, state = model(x, state)
-    return out, [tuple(t.detach() for t in layer) for layer in state]  # truncated BPTT: cut the graph here
+    return None if state is None else [tuple(t.detach() for t in layer) for layer in state]
 
 
 def chunks(x: Tensor, y: Tensor, k: int) -> Iterator[tuple[Tensor, Tensor]]:
     """A batch of many-to-many sequences cut along time into chunks of ``k`` steps, the last
     one possibly shorter; ``k`` = 0 yields the batch whole. Each chunk gets its own forward,
-    backward and optimiser step, the state carried from one to the next (CELLS.md's truncated
-    BPTT), so a batch of length L makes ceil(L / k) optimiser steps:
+    backward and optimiser step, the state carried from one to the next (truncated BPTT as
+    docs/maths.md defines it), so a batch of length L makes ceil(L / k) optimiser steps:
 
         x, y:  | 1 ....... k | k+1 ..... 2k | ... | ....... L |     (B, L, ·)
                zero ──state──>  ──state──>  ...  ──>                values carried
@@ -202,6 +210,23 @@ class TrainState:
         return cls(**payload)
 
 
+@dataclass
+class _Run:
+    """Where a run stands: what a TrainState holds beside the epoch in progress."""
+
+    best_model: dict[str, Tensor]
+    epoch: int = 1  # the epoch to run first
+    batch: int = 0  # batches of it already done (a run resumed mid-epoch skips them)
+    step: int = 0  # optimiser steps so far
+    best_val: float = math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def best_so_far(self) -> float | None:
+        return self.best_val if self.best_epoch else None  # None until an epoch has ended
+
+
 def train(
     model: nn.Module,
     data: Data,
@@ -228,44 +253,17 @@ def train(
     ``resume`` continues from one. ``stop_requested`` is polled after every batch: when it
     says yes, the state is saved and Interrupted raised. A NaN/inf loss or gradient norm
     raises NonFiniteError on its step (or, with ``cfg.on_nonfinite="skip"``, skips the
-    update and counts it). On the steps ``probe`` says are due, the forward runs through the
-    probe (same outputs and gradients) and ``on_probe`` gets the step's ProbeRecord.
+    update and counts it). On the steps ``probe`` says are due, every layer is scanned through
+    the probe's hook (``Probe.scan``: same outputs and gradients, every layer tapped) and
+    ``on_probe`` gets the step's ProbeRecord.
     """
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = optimizer.param_groups[0]["params"]  # make_optimizer's one group: every trainable parameter
     max_norm = cfg.clip if cfg.clip > 0 else math.inf
     rng = np.random.default_rng(seed)  # window order; the model's init was seeded by the caller
-    n_batches = data.n_batches("train", cfg.batch_size)
-    if cfg.steps_per_epoch:
-        n_batches = min(n_batches, cfg.steps_per_epoch)
-
-    best_val, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    history: list[dict[str, float]] = []
-    step, first_epoch, done = 0, 1, 0
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        best_val, best_epoch, best_state = resume.best_val, resume.best_epoch, resume.best_model
-        history, step, first_epoch, done = list(resume.history), resume.step, resume.epoch, resume.batch
-        rng.bit_generator.state = resume.data_rng
-        torch.set_rng_state(resume.torch_rng)
-        if resume.cuda_rng:
-            torch.cuda.set_rng_state_all(resume.cuda_rng)
-        if probe is not None:  # so the run's gradient artifacts cover it from its first step
-            probe.records = [ProbeRecord.from_payload(p) for p in resume.probes]
-
-    def snapshot(epoch: int, batch: int, sums: dict[str, Tensor], data_rng: dict[str, Any],
-                 carried: list[State] | None = None) -> TrainState:
-        return TrainState(
-            epoch=epoch, batch=batch, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
-            best_val=best_val, best_epoch=best_epoch, best_model=best_state, history=history, sums=sums,
-            data_rng=data_rng, torch_rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            carried=[tuple(t.cpu() for t in layer) for layer in carried] if carried else None,
-            probes=[r.payload() for r in probe.records] if probe is not None else [],
-        )
-
+    n_batches = min(data.n_batches("train", cfg.batch_size), cfg.steps_per_epoch or math.inf)
+    run = _restore(resume, model, optimizer, rng, probe)
     task = data.task
     # Truncated BPTT has three shapes. A window (many-to-one) truncates inside its forward
     # (forward_truncated); a stream's chunks are already the truncation, its state carried
@@ -274,85 +272,142 @@ def train(
     chunk = truncation if task.many_to_many and not task.stateful_stream else 0
     carry = task.stateful_stream or chunk > 0
 
-    epoch = first_epoch
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    for epoch in range(run.epoch, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
         epoch_rng = copy.deepcopy(rng.bit_generator.state)  # where this epoch's window order comes from
-        # Sums stay on the device: a .item() per step would be a host-device sync point.
-        sums = {k: torch.zeros((), device=device) for k in ("loss", "norm", "clipped", "skipped", "steps")}
-        state = None  # a stream's carried state: every pass starts the streams afresh
-        if resume is not None and epoch == resume.epoch:  # (an epoch-end checkpoint has no sums)
-            sums.update({k: v.to(device) for k, v in resume.sums.items()})
-            if resume.sums and "steps" not in resume.sums:  # saved before batches could make several steps
-                sums["steps"] += resume.batch
-            state = [tuple(t.to(device) for t in layer) for layer in resume.carried] if resume.carried else None
-        for batch, (xb, yb) in enumerate(data.batches("train", cfg.batch_size, rng, pin=device.type == "cuda")):
-            if batch == n_batches:
-                break
-            if batch < done:  # resuming mid-epoch: same order, skip what was done
-                continue
+        sums, state = _epoch_start(resume, epoch, device)
+        batches = enumerate(data.batches("train", cfg.batch_size, rng, pin=device.type == "cuda"))
+        # At most n_batches; resuming mid-epoch, the same order with the batches done skipped.
+        for batch, (xb, yb) in itertools.islice(batches, run.batch, n_batches):
             for x, y in chunks(xb.to(device), yb.to(device), chunk):  # one chunk unless a sequence is cut
-                probed = probe is not None and probe.due(step + 1)
-                if probed:
-                    out, state = probe.forward(model, x, state, carry, truncation)
-                else:
-                    out, state = forward(model, x, state, carry, truncation)
+                state = detached(state)  # truncated BPTT: the state carries on, its graph is cut here
+                probed = probe is not None and probe.due(run.step + 1)
+                out, state = forward(model, x, state, carry, truncation, run=probe.scan if probed else None)
                 loss = task_loss(out, y, task)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if probed:  # before clipping, which rescales the gradients in place
-                    on_probe(probe.record(model, step + 1, max_norm))
-                norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
-                step += 1
-                sums["steps"] += 1
-                # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught
-                # before optimizer.step(), so the weights stay the last good ones.
-                if not torch.isfinite(norm):
-                    if cfg.on_nonfinite == "fail":
-                        raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
-                    sums["skipped"] += 1
-                else:
-                    optimizer.step()
-                    sums["loss"] += loss.detach()
-                    sums["norm"] += norm
-                    sums["clipped"] += norm > max_norm
+                    on_probe(probe.record(model, run.step + 1, max_norm, length=x.size(1)))
+                run.step += 1
+                _clip_and_step(optimizer, params, loss, max_norm, sums, cfg.on_nonfinite, run.step, epoch)
             if not task.stateful_stream:
                 state = None  # these sequences end here: the next batch starts from a zero state
             if batch % 20 == 0:
-                progress(epoch, batch + 1, n_batches, loss.item(), best_val if best_epoch else None)
+                progress(epoch, batch + 1, n_batches, loss.item(), run.best_so_far)
             # Polled per batch, not per chunk: a checkpoint never falls inside a cut sequence, so
             # a resumed run starts its next batch from a zero state, as an uninterrupted one does.
             if stop_requested():
-                save(snapshot(epoch, batch + 1, sums, epoch_rng, state))
-                raise Interrupted(f"stopped at step {step} (epoch {epoch}, batch {batch + 1}/{n_batches})")
-        done = 0
+                save(_snapshot(run, model, optimizer, probe, device, epoch, batch + 1, sums, epoch_rng, state))
+                raise Interrupted(f"stopped at step {run.step} (epoch {epoch}, batch {batch + 1}/{n_batches})")
+        run.batch = 0
 
         val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
-        good = max(sums["steps"].item() - sums["skipped"].item(), 1)  # optimiser steps that updated
-        metrics = {
-            "train_loss": sums["loss"].item() / good,
-            "val_loss": val_loss,
-            "grad_norm": sums["norm"].item() / good,
-            "clip_rate": sums["clipped"].item() / good,
-            "nonfinite_skips": sums["skipped"].item(),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - started,
-        }
-        history.append(metrics)
+        metrics = _epoch_metrics(sums, val_loss, optimizer, started)
+        run.history.append(metrics)
         log(metrics, epoch)
-        if val_loss < best_val:
-            best_val, best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        progress(epoch, n_batches, n_batches, metrics["train_loss"], best_val)
-        stop = bool(cfg.patience and epoch - best_epoch >= cfg.patience)
-        save(snapshot(cfg.epochs + 1 if stop else epoch + 1, 0, {}, copy.deepcopy(rng.bit_generator.state)))
+        if val_loss < run.best_val:
+            run.best_val, run.best_epoch, run.best_model = val_loss, epoch, copy.deepcopy(model.state_dict())
+        progress(epoch, n_batches, n_batches, metrics["train_loss"], run.best_val)
+        stop = bool(cfg.patience and epoch - run.best_epoch >= cfg.patience)
+        next_epoch = cfg.epochs + 1 if stop else epoch + 1
+        save(_snapshot(run, model, optimizer, probe, device, next_epoch, 0, {}, copy.deepcopy(rng.bit_generator.state)))
         on_epoch_end(epoch, val_loss)
         if stop:
             break
 
-    model.load_state_dict(best_state)
-    return TrainResult(best_val, best_epoch, len(history), step, history)
+    model.load_state_dict(run.best_model)
+    return TrainResult(run.best_val, run.best_epoch, len(run.history), run.step, run.history)
+
+
+def _clip_and_step(
+    optimizer: torch.optim.Optimizer, params: list[Tensor], loss: Tensor, max_norm: float,
+    sums: dict[str, Tensor], on_nonfinite: str, step: int, epoch: int,
+) -> None:
+    """Clip the gradients, then update, unless they are not finite; add to the epoch's sums."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the norm before clipping
+    sums["steps"] += 1
+    # One check covers both: a NaN/inf loss makes the gradient norm NaN too. Caught
+    # before optimizer.step(), so the weights stay the last good ones.
+    if not torch.isfinite(norm):
+        if on_nonfinite == "fail":
+            raise NonFiniteError("loss" if not torch.isfinite(loss) else "gradient norm", step, epoch)
+        sums["skipped"] += 1
+        return
+    optimizer.step()
+    sums["loss"] += loss.detach()
+    sums["norm"] += norm
+    sums["clipped"] += norm > max_norm
+
+
+def _epoch_metrics(
+    sums: dict[str, Tensor], val_loss: float, optimizer: torch.optim.Optimizer, started: float
+) -> dict[str, float]:
+    good = max(sums["steps"].item() - sums["skipped"].item(), 1)  # optimiser steps that updated
+    return {
+        "train_loss": sums["loss"].item() / good,
+        "val_loss": val_loss,
+        "grad_norm": sums["norm"].item() / good,
+        "clip_rate": sums["clipped"].item() / good,
+        "nonfinite_skips": sums["skipped"].item(),
+        "lr": optimizer.param_groups[0]["lr"],
+        "epoch_seconds": time.perf_counter() - started,
+    }
+
+
+# ------------------------------------------------------------------------ resume and snapshot
+
+
+def _restore(
+    resume: TrainState | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator, probe: Probe | None,
+) -> _Run:
+    """A fresh run, or one continued from ``resume``: weights, optimiser, both generators and
+    the probe's records as they were."""
+    if resume is None:
+        return _Run(best_model=copy.deepcopy(model.state_dict()))
+    model.load_state_dict(resume.model)
+    optimizer.load_state_dict(resume.optimizer)
+    rng.bit_generator.state = resume.data_rng
+    torch.set_rng_state(resume.torch_rng)
+    if resume.cuda_rng:
+        torch.cuda.set_rng_state_all(resume.cuda_rng)
+    if probe is not None:  # so the run's gradient artifacts cover it from its first step
+        probe.records = [ProbeRecord.from_payload(p) for p in resume.probes]
+    return _Run(
+        best_model=resume.best_model, epoch=resume.epoch, batch=resume.batch, step=resume.step,
+        best_val=resume.best_val, best_epoch=resume.best_epoch, history=list(resume.history),
+    )
+
+
+def _epoch_start(
+    resume: TrainState | None, epoch: int, device: torch.device
+) -> tuple[dict[str, Tensor], list[State] | None]:
+    """The epoch's running sums and carried state: zeros and none, or, for the epoch a run
+    was stopped in, what it had (an epoch-end checkpoint has no sums)."""
+    # Sums stay on the device: a .item() per step would be a host-device sync point.
+    sums = {k: torch.zeros((), device=device) for k in ("loss", "norm", "clipped", "skipped", "steps")}
+    if resume is None or epoch != resume.epoch:
+        return sums, None  # a stream's carried state: every pass starts the streams afresh
+    sums.update({k: v.to(device) for k, v in resume.sums.items()})
+    if resume.sums and "steps" not in resume.sums:  # saved before batches could make several steps
+        sums["steps"] += resume.batch
+    state = [tuple(t.to(device) for t in layer) for layer in resume.carried] if resume.carried else None
+    return sums, state
+
+
+def _snapshot(
+    run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, probe: Probe | None, device: torch.device,
+    epoch: int, batch: int, sums: dict[str, Tensor], data_rng: dict[str, Any], carried: list[State] | None = None,
+) -> TrainState:
+    return TrainState(
+        epoch=epoch, batch=batch, step=run.step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+        best_val=run.best_val, best_epoch=run.best_epoch, best_model=run.best_model, history=run.history,
+        sums=sums, data_rng=data_rng, torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        carried=[tuple(t.detach().cpu() for t in layer) for layer in carried] if carried else None,
+        probes=[r.payload() for r in probe.records] if probe is not None else [],
+    )
 
 
 def fit_ridge(

@@ -1,4 +1,4 @@
-"""Cells against independent float64 references written from ../shared/spec/CELLS.md."""
+"""Cells against independent float64 references written from the papers (docs/maths.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +18,8 @@ def sigmoid(x):
 
 
 def reference_lstm(x, h, c, W, b):
-    """CELLS.md: f = σ(W_f[h, x] + b_f), i, g = tanh(W_c[h, x] + b_c), o; c = f c + i g; h = o tanh(c).
-    W maps [h, x] (the spec's concatenation order) for each gate; b per gate."""
+    """f = σ(W_f[h, x] + b_f), i, g = tanh(W_c[h, x] + b_c), o; c = f c + i g; h = o tanh(c).
+    W maps [h, x] (the textbook concatenation order) for each gate; b per gate."""
     hx = torch.cat([h, x], 1)
     f = sigmoid(hx @ W["f"].T + b["f"])
     i = sigmoid(hx @ W["i"].T + b["i"])
@@ -146,7 +146,7 @@ VARIANTS = ["vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR"]
 
 
 def spec_gates(cell, names):
-    """The stacked parameters re-expressed as CELLS.md's one matrix per gate over [h, x]."""
+    """The stacked parameters re-expressed as one matrix per gate over [h, x] (docs/maths.md)."""
     H = cell.hidden_size
     W = {n: torch.cat([wh, wx], 1).detach() for n, wh, wx in zip(names, cell.weight_hh.split(H), cell.weight_ih.split(H))}
     b = dict(zip(names, cell.bias.detach().split(H)))
@@ -154,7 +154,7 @@ def spec_gates(cell, names):
 
 
 def reference_greff(x, h, c, s, cell, flags, output_reads="c_t"):
-    """Greff et al. 2017's LSTM with one variant's change, written from CELLS.md and the paper.
+    """Greff et al. 2017's LSTM with one variant's change, written from the paper.
     s: the previous step's sigmoid gate activations {name: (B, H)} (FGR), else None."""
     one = torch.ones_like(h)
     present = [g for g, off in (("i", "NIG"), ("f", "NFG"), ("o", "NOG")) if off not in flags and not (g == "f" and "CIFG" in flags)]
@@ -216,7 +216,7 @@ def test_peephole_and_cifg_match_spec(output_reads, batch, steps, inp, hid):
 
 
 @pytest.mark.parametrize("batch,steps,inp,hid", SHAPES)
-def test_gru_classic_matches_seed_002(batch, steps, inp, hid):
+def test_gru_classic_matches_cho_et_al(batch, steps, inp, hid):
     torch.manual_seed(batch + steps)
     cell = GRUClassic(inp, hid)
     W, b = spec_gates(cell, ["r", "z", "h"])
@@ -270,8 +270,9 @@ def test_esn_matches_spec(leak, batch, steps, inp, hid):
     assert torch.allclose(out[:, -1], h, atol=1e-10, rtol=0)
 
 
-def reference_attention_block(x, cache_len, cell):
-    """One pre-norm causal block written out per query: softmax(q.k/sqrt(d) - slope (t - j)) over j <= t."""
+def reference_attention_block(x, cache_len, cell, window=None):
+    """One pre-norm causal block written out per query: softmax(q.k/sqrt(d) - slope (t - j)) over
+    j <= t, and t - j <= window when given."""
     heads, H = cell.heads, cell.hidden_size
     d = H // heads
 
@@ -288,9 +289,11 @@ def reference_attention_block(x, cache_len, cell):
         for m in range(heads):
             cols = slice(m * d, (m + 1) * d)
             slope = 2.0 ** (-8.0 * (m + 1) / heads)
-            scores = torch.stack([(q[:, t, cols] * k[:, j, cols]).sum(-1) / d**0.5 - slope * (t - j) for j in range(t + 1)], 1)
+            first = 0 if window is None else max(0, t - window)
+            keys = range(first, t + 1)
+            scores = torch.stack([(q[:, t, cols] * k[:, j, cols]).sum(-1) / d**0.5 - slope * (t - j) for j in keys], 1)
             w = torch.softmax(scores, 1)
-            out[:, t, cols] = (w[:, :, None] * v[:, : t + 1, cols]).sum(1)
+            out[:, t, cols] = (w[:, :, None] * v[:, first : t + 1, cols]).sum(1)
     y = e + out @ cell.proj.weight.T + cell.proj.bias
     hidden = torch.nn.functional.gelu(norm(y, cell.norm2) @ cell.mlp[0].weight.T + cell.mlp[0].bias)
     return y + hidden @ cell.mlp[2].weight.T + cell.mlp[2].bias
@@ -637,3 +640,208 @@ def test_on_two_threads_every_product_takes_torchs_own(monkeypatch):
         assert torch.allclose(bptt.mm(x, w.t()), x @ w.t())
         assert torch.allclose(bptt.grad_weight(x, x[:, :3]), x.t() @ x[:, :3])
     assert not calls
+
+
+# ------------------------------------------------------- what a cell declares: weights, readout
+
+import copy  # noqa: E402
+
+from torch.autograd import gradgradcheck  # noqa: E402
+
+from rnnlab.cells import GROUPS, Cell  # noqa: E402
+
+
+def width(name):
+    return 8 if name == "transformer" else 4  # divisible by the default 4 heads
+
+
+@pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
+def test_every_cell_declares_its_own_tensors_with_one_gate_per_row_block(name, options):
+    cell = CELLS[name](3, width(name), **options)
+    own = [*cell.parameters(), *cell.buffers()]
+    declared = cell.weight_groups()
+    for w in declared:
+        assert w.group in GROUPS and any(w.tensor is t for t in own), w.group
+        rows = len(w.gates) * (1 if w.group == "peephole" else cell.hidden_size)  # a peephole row is one gate's p
+        assert not w.gates or (w.tensor.size(0) == rows and len(set(w.gates)) == len(w.gates))
+    trainable = [p for p in cell.parameters() if p.requires_grad]
+    if name == "transformer":  # no recurrent weight, no gates: the probe calls all of it "other"
+        assert declared == [] and trainable
+        return
+    assert all(any(p is w.tensor for w in declared) for p in trainable)  # nothing left undeclared
+    (recurrent,) = [w for w in declared if w.group == "recurrent"]
+    if name == "indrnn" and options.get("u_max"):  # trained v, applied u = u_max tanh(v)
+        assert torch.equal(recurrent.applied, cell.u) and not torch.equal(recurrent.tensor, cell.u)
+
+
+def close(cell, **bias):
+    """A copy of ``cell`` whose named gates get the given bias (±1e4: the gate shut or open, in
+    float64 exactly 0 or 1), found through what the cell declares."""
+    cell = copy.deepcopy(cell)
+    with torch.no_grad():
+        for w in cell.weight_groups():
+            if w.group == "bias":
+                rows = w.tensor.view(len(w.gates), -1)
+                for gate, value in bias.items():
+                    rows[w.gates.index(gate)] = value
+    return cell
+
+
+BIG = 1e4
+LSTM_FAMILY = [("lstm", {}), ("peephole", {}), ("cifg", {}), *[("lstm_variant", {"variant": v}) for v in VARIANTS]]
+
+
+@pytest.mark.parametrize("name,options", LSTM_FAMILY, ids=lambda v: str(v))
+def test_each_declared_lstm_gate_is_the_gate_of_that_name_in_the_forward(name, options):
+    torch.manual_seed(12)
+    cell = CELLS[name](3, 4, **options)
+    gates = next(w.gates for w in cell.weight_groups() if w.group == "bias")
+    x = torch.randn(2, 3)
+    one, other = perturbed_state(cell, 2, x), perturbed_state(cell, 2, x)
+    other = (one[0], other[1], *one[2:])  # the same h (and FGR's gates), another c_{t-1}
+
+    def step(cell, state):
+        _, (h, c, *_) = cell(x, state)
+        return h, c
+
+    if "o" in gates:  # o = 0: nothing goes out
+        assert torch.equal(step(close(cell, o=-BIG), one)[0], torch.zeros(2, 4))
+    if "i" in gates:  # i = 0 and f = 1 (CIFG: f = 1 - i): the memory is kept as it was
+        shut = close(cell, i=-BIG, **({"f": BIG} if "f" in gates else {}))
+        assert torch.allclose(step(shut, one)[1], one[1], atol=1e-12, rtol=0)
+    if "f" in gates:  # f = 0 and i = 1: the memory is g alone, whatever c_{t-1} was
+        forget = close(cell, f=-BIG, **({"i": BIG} if "i" in gates else {}))
+        assert torch.allclose(step(forget, one)[1], step(forget, other)[1], atol=1e-12, rtol=0)
+        assert not torch.allclose(step(cell, one)[1], step(cell, other)[1])
+
+
+@pytest.mark.parametrize("name,keep,take", [("gru", BIG, -BIG), ("gru_classic", -BIG, BIG)])
+def test_each_declared_gru_gate_is_the_gate_of_that_name_in_the_forward(name, keep, take):
+    """z keeps h_{t-1} where it is 1 in the fused kernel's convention, where it is 0 in Cho et al.'s."""
+    torch.manual_seed(13)
+    cell = CELLS[name](3, 4)
+    candidate = "n" if name == "gru" else "h"
+    x = torch.randn(2, 3)
+    one, other = perturbed_state(cell, 2, x), perturbed_state(cell, 2, x)
+    assert torch.equal(close(cell, z=keep)(x, one)[0], one[0])  # z: the update gate keeps h
+    reset = close(cell, z=take, r=-BIG)  # h_t = the candidate, r = 0: it reads no h_{t-1}
+    assert torch.allclose(reset(x, one)[0], reset(x, other)[0], atol=1e-12, rtol=0)
+    assert torch.equal(close(cell, z=take, **{candidate: BIG})(x, one)[0], torch.ones(2, 4))  # tanh(big) = 1
+
+
+def test_every_cell_declares_how_it_is_fitted():
+    assert Cell.readout == "gradient"
+    for name, make in CELLS.items():
+        if name != "esn":
+            assert make(3, width(name)).readout == "gradient", name
+    assert ESN(3, 4).readout == "ridge" and ESN(3, 4, readout="gradient").readout == "gradient"
+    assert StackedRNN("esn", 3, 4, depth=2).layers[0].readout == "ridge"  # where the run reads it
+    assert StackedRNN("lstm", 3, 4).layers[0].readout == "gradient"
+
+
+# ------------------------------------------------------------------------------ double backward
+
+# Every hand-written backward; a fused cell runs its twin when tapped.
+HAND_WRITTEN = [("peephole", {}, "GatedLSTM"), ("lstm_variant", {"variant": "FGR"}, "GatedLSTM"),
+                ("lstm", {}, "GatedLSTM"), ("gru_classic", {}, "GRUClassic"), ("indrnn", {}, "IndRNN"),
+                ("rnn", {}, "Elman"), ("gru", {}, "GRU")]
+
+
+@pytest.mark.parametrize("name,options,function", HAND_WRITTEN, ids=lambda v: str(v))
+def test_a_graph_of_a_hand_written_backward_is_refused_in_one_line_that_names_step_path(name, options, function):
+    torch.manual_seed(14)
+    cell = CELLS[name](2, 3, **options)
+    x = torch.randn(2, 4, 2, requires_grad=True)
+    tap = torch.zeros(4, 2, 3) if name in ("rnn", "lstm", "gru") else None
+    out, _ = cell.scan(x, cell.init_state(2, x), tap)
+    with pytest.raises(RuntimeError) as info:
+        torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    message = str(info.value)
+    assert f"rnnlab.bptt.{function}" in message and "step_path=True" in message and "\n" not in message
+
+
+def test_a_gradient_penalty_trains_through_the_step_path_and_not_through_scan():
+    torch.manual_seed(15)
+    model = StackedRNN("peephole", 2, 3, depth=2)
+    x, y = torch.randn(2, 5, 2, requires_grad=True), torch.randn(2, 1)
+
+    def penalised(step_path):
+        loss = torch.nn.functional.mse_loss(model(x, step_path=step_path)[0], y)
+        (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+        return loss + dx.pow(2).sum()  # input-gradient penalty: a second backward through the cell
+
+    with pytest.raises(RuntimeError, match="step_path=True"):
+        penalised(step_path=False)
+    weight = model.layers[0].weight_hh
+    (with_penalty,) = torch.autograd.grad(penalised(step_path=True), weight)
+    (plain,) = torch.autograd.grad(torch.nn.functional.mse_loss(model(x)[0], y), weight)
+    assert torch.isfinite(with_penalty).all() and (with_penalty - plain).abs().max() > 1e-8
+
+
+@pytest.mark.parametrize("name,options", [("peephole", {}), ("lstm_variant", {"variant": "FGR"}), ("gru_classic", {}),
+                                          ("indrnn", {"u_max": 1.1}), ("rnn", {}), ("gru", {})], ids=lambda v: str(v))
+def test_gradgradcheck_through_the_step_loop(name, options):
+    torch.manual_seed(16)
+    cell = CELLS[name](2, 2, **options)
+    x = torch.randn(1, 3, 2, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in perturbed_state(cell, 1, x))
+    params = [p for p in cell.parameters() if p.requires_grad]
+
+    def f(x, *inputs):
+        out, last = step_scan(cell, x, inputs[: len(state)])
+        return out, *last
+
+    assert gradgradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the transformer's window
+
+
+def test_a_transformer_state_carried_chunk_after_chunk_stays_window_long():
+    """A char_lm epoch carries the cache from chunk to chunk: it must not grow with the epoch."""
+    from rnnlab.train import detached, forward
+
+    torch.manual_seed(17)
+    model = StackedRNN("transformer", 3, 4, depth=2, output_size=3, many_to_many=True, heads=2, window=8)
+    state, sizes = None, []
+    for chunk in range(40):  # 40 chunks of 5 steps: 200 steps through a cache of 8
+        out, state = forward(model, torch.randn(2, 5, 3), detached(state), True, 0)
+        out.sum().backward()
+        for k, v in state:
+            assert k.shape == v.shape == (2, min(5 * (chunk + 1), 8), 4)
+        sizes.append(sum(t.untyped_storage().nbytes() for layer in state for t in layer))
+    assert len(set(sizes[2:])) == 1  # flat from the chunk that fills the window on
+    assert sizes[-1] <= 2 * 2 * (8 + 5) * 2 * 4 * 8  # layers x (k, v) x (window + chunk) x B x H x float64
+
+
+@pytest.mark.parametrize("window", [11, 50])
+def test_a_transformer_window_no_shorter_than_the_sequence_is_unbounded_attention(window):
+    torch.manual_seed(18)
+    cell = Transformer(3, 4, heads=2, window=window)
+    x = torch.randn(2, 12, 3)  # t - j <= 11 for every pair
+    with torch.no_grad():
+        out, (k, _) = cell.scan(x, cell.init_state(2, x))
+        assert torch.allclose(out, reference_attention_block(x, 0, cell), atol=1e-10, rtol=0)
+    assert k.size(1) == min(12, window)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_windowed_transformer_scans_in_chunks_as_at_once_and_as_the_written_out_window(window):
+    torch.manual_seed(19)
+    cell = Transformer(3, 4, heads=2, window=window)
+    x = torch.randn(2, 13, 3)
+    with torch.no_grad():
+        whole, _ = cell.scan(x, cell.init_state(2, x))
+        assert torch.allclose(whole, reference_attention_block(x, 0, cell, window=window), atol=1e-10, rtol=0)
+        assert not torch.allclose(whole, reference_attention_block(x, 0, cell), atol=1e-3)  # the window matters here
+        state, parts = cell.init_state(2, x), []
+        for piece in x.split(3, 1):  # chunks of 3 (and a last of 1), the cache carried
+            out, state = cell.scan(piece, state)
+            parts.append(out)
+        assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-12, rtol=0)
+        assert torch.allclose(step_scan(cell, x, cell.init_state(2, x))[0], whole, atol=1e-12, rtol=0)
+
+
+def test_a_transformer_window_below_one_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"^cell.window=0 is out of range \(allowed: >= 1\)$"):
+        Transformer(3, 4, heads=2, window=0)

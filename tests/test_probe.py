@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from rnnlab.cells import CELLS
 from rnnlab.model import StackedRNN
 from rnnlab.probe import Probe, spectra, summary_metrics, weight_norms
+from rnnlab.train import forward
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -49,11 +50,12 @@ def reference_dh(model: StackedRNN, x: torch.Tensor, y: torch.Tensor, truncation
 
 
 def probed(model: StackedRNN, x, y, resolution=1, truncation=0):
+    """A probed training step: train's forward (its truncation) with the probe's scan hook."""
     probe = Probe(every=1, resolution=resolution)
-    out, _ = probe.forward(model, x, None, False, truncation)
+    out, _ = forward(model, x, None, False, truncation, run=probe.scan)
     model.zero_grad()
     F.mse_loss(out, y).backward()
-    return probe.record(model, 1, max_norm=math.inf)
+    return probe.record(model, 1, max_norm=math.inf, length=x.size(1))
 
 
 @pytest.mark.parametrize("cell", RECURRENT)
@@ -103,8 +105,8 @@ def test_group_norms_equal_the_parameters_grad_norms():
     assert record.weight_norms["l1.recurrent"] == pytest.approx(cell.weight_hh.grad.norm().item(), rel=1e-12)
     assert record.weight_norms["l1.input"] == pytest.approx(cell.weight_ih.grad.norm().item(), rel=1e-12)
     gates = cell.weight_hh.grad.chunk(4, 0)
-    for g in range(4):
-        assert record.weight_norms[f"l1.recurrent.g{g}"] == pytest.approx(gates[g].norm().item(), rel=1e-12)
+    for g, name in enumerate("ifgo"):  # PyTorch's gate order
+        assert record.weight_norms[f"l1.recurrent.{name}"] == pytest.approx(gates[g].norm().item(), rel=1e-12)
     total = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters() if p.grad is not None))
     assert record.grad_norm == pytest.approx(total, rel=1e-12)
     assert weight_norms(model) == record.weight_norms
@@ -137,7 +139,7 @@ def test_spectra_come_on_probed_steps_that_are_multiples_of_spectra_every():
     x, y = torch.randn(4, 5, 3), torch.randn(4, 1)
     probe = Probe(every=1, spectra_every=3)
     for step in range(1, 7):
-        out, _ = probe.forward(model, x, None, False, 0)
+        out, _ = forward(model, x, None, False, 0, run=probe.scan)
         model.zero_grad()
         F.mse_loss(out, y).backward()
         probe.record(model, step, max_norm=math.inf)
@@ -153,7 +155,7 @@ def test_summary_metrics_are_few_and_per_layer():
     model = StackedRNN("gru", 3, 6, depth=2)
     record = probed(model, torch.randn(4, 8, 3), torch.randn(4, 1))
     metrics = summary_metrics(record)
-    assert len(metrics) <= 2 + 6 * 2
+    assert len(metrics) <= 2 + (6 + 3) * 2  # per layer: 6 summaries and the recurrent norm of each of 3 gates
     assert metrics["vanishing/l0"] == pytest.approx(np.log10(record.dh[0, 0, 0] / record.dh[0, 0, -1]))
 
 
@@ -186,3 +188,106 @@ def test_both_directions_of_a_bidirectional_stack_equal_the_autograd_reference(c
         reference[layer, direction, t if direction == 0 else T - 1 - t] = g.norm(dim=-1).mean().item()
     record = probed(model, x, y)
     np.testing.assert_allclose(record.dh, reference, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------- weight norms by the groups and gates cells declare
+
+
+def stacked_gates(name: str, options: dict) -> str:
+    """The gate order of the cell's forward, from each cell's reference in tests/test_cells.py:
+    PyTorch's i, f, g, o and r, z, n; Cho et al.'s r, z, h̃; Greff et al.'s family i, f, o, g
+    (the gates the variant has)."""
+    if name in ("lstm", "gru", "gru_classic"):
+        return {"lstm": "ifgo", "gru": "rzn", "gru_classic": "rzh"}[name]
+    flags = {"peephole": set(), "cifg": {"CIFG", "NP"}}.get(name, {options.get("variant")})
+    return "".join(g for g, off in (("i", "NIG"), ("f", "NFG"), ("o", "NOG")) if off not in flags
+                   and not (g == "f" and "CIFG" in flags)) + "g"
+
+
+def expected_layout(name: str, options: dict) -> dict[str, tuple[str, str]]:
+    """parameter name -> (group, gates in stacking order), written out per cell by hand."""
+    if name == "transformer":
+        return {}  # everything is "other"
+    if name in ("rnn", "lstm", "gru"):
+        gates = "" if name == "rnn" else stacked_gates(name, options)
+        layout = {"fused.weight_ih_l0": ("input", gates), "fused.weight_hh_l0": ("recurrent", gates),
+                  "fused.bias_ih_l0": ("bias", gates)}
+        return layout | ({"fused.bias_hh_l0": ("bias", gates)} if name == "gru" else {})  # rnn, lstm: folded
+    if name == "indrnn":
+        u = "parametrizations.u.original" if options.get("u_max") else "u"
+        return {"weight_ih": ("input", ""), u: ("recurrent", ""), "bias": ("bias", "")}
+    gates = stacked_gates(name, options)
+    layout = {"weight_ih": ("input", gates), "weight_hh": ("recurrent", gates), "bias": ("bias", gates)}
+    sigmoid = gates[:-1]
+    variant = options.get("variant", "")
+    if name == "peephole" or (name == "lstm_variant" and variant != "NP"):
+        layout["peephole"] = ("peephole", sigmoid)
+    if variant == "FGR":
+        layout["weight_ss"] = ("gate_recurrent", sigmoid)
+    return layout
+
+
+TRAINABLE = [
+    ("rnn", {}), ("lstm", {}), ("gru", {}), ("gru_classic", {}), ("peephole", {}), ("cifg", {}),
+    ("indrnn", {}), ("indrnn", {"u_max": 1.5}), ("transformer", {"heads": 2}),
+    *[("lstm_variant", {"variant": v}) for v in ("vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")],
+]
+
+
+@pytest.mark.parametrize("name,options", TRAINABLE, ids=str)
+def test_weight_norms_are_slices_of_each_parameters_gradient_in_the_forwards_gate_order(name, options):
+    torch.manual_seed(9)
+    model = StackedRNN(name, 3, 4, depth=2, **options)
+    record = probed(model, torch.randn(3, 6, 3), torch.randn(3, 1))
+    squares: dict[str, float] = {}
+    for index, cell in enumerate(model.layers):
+        layout = expected_layout(name, options)
+        for pname, p in cell.named_parameters():
+            if p.grad is None:
+                continue
+            group, gates = layout.get(pname, ("other", ""))
+            key = f"l{index}.{group}"
+            squares[key] = squares.get(key, 0.0) + p.grad.pow(2).sum().item()
+            for block, gate in zip(p.grad.chunk(len(gates)) if gates else [], gates):
+                squares[f"{key}.{gate}"] = squares.get(f"{key}.{gate}", 0.0) + block.pow(2).sum().item()
+    assert set(record.weight_norms) == set(squares)
+    for key, value in squares.items():
+        assert record.weight_norms[key] == pytest.approx(math.sqrt(value), rel=1e-12), key
+    metrics = summary_metrics(record)
+    gates = "" if name in ("rnn", "indrnn", "transformer") else stacked_gates(name, options)
+    assert sorted(k for k in metrics if k.startswith("grad_w/l1/")) == sorted(f"grad_w/l1/recurrent/{g}" for g in gates)
+    for g in gates:
+        assert metrics[f"grad_w/l1/recurrent/{g}"] == record.weight_norms[f"l1.recurrent.{g}"]
+    assert ("grad_w_recurrent/l1" in metrics) == (name != "transformer")
+
+
+@pytest.mark.parametrize("name,gate,index", [("lstm", "f", 1), ("peephole", "o", 2), ("cifg", "o", 1),
+                                             ("gru", "n", 2), ("gru_classic", "h", 2)])
+def test_changing_one_gates_rows_changes_only_that_gates_key(name, gate, index):
+    torch.manual_seed(10)
+    model = StackedRNN(name, 3, 4, depth=2)
+    before = probed(model, torch.randn(3, 6, 3), torch.randn(3, 1)).weight_norms
+    cell = model.layers[1]
+    weight = cell.fused.weight_hh_l0 if name in ("lstm", "gru") else cell.weight_hh
+    with torch.no_grad():
+        weight.grad[index * 4 : (index + 1) * 4] *= 3  # that gate's rows, in the forward's order
+    after = weight_norms(model)
+    changed = {k for k in before if after[k] != before[k]}
+    assert changed == {"l1.recurrent", f"l1.recurrent.{gate}"}
+    assert after[f"l1.recurrent.{gate}"] == pytest.approx(3 * before[f"l1.recurrent.{gate}"], rel=1e-12)
+
+
+def test_spectra_read_the_declared_recurrence_as_the_forward_applies_it():
+    torch.manual_seed(11)
+    esn = StackedRNN("esn", 3, 20, depth=2, spectral_radius=0.7, density=0.5)
+    assert np.allclose(spectra(esn)[0], 0.7, rtol=1e-9)  # the frozen reservoir, scaled to its radius
+    bounded = StackedRNN("indrnn", 3, 5, u_max=0.5)
+    cell = bounded.layers[0]
+    with torch.no_grad():
+        cell.parametrizations.u.original.fill_(3.0)  # v = 3: u = 0.5 tanh(3)
+    assert spectra(bounded)[0][0] == pytest.approx(0.5 * math.tanh(3.0), rel=1e-12)
+    assert np.isnan(spectra(StackedRNN("transformer", 3, 4, heads=2))[0]).all()  # no recurrent matrix
+    gru = StackedRNN("gru", 3, 4)
+    blocks = gru.layers[0].fused.weight_hh_l0.detach().chunk(3)  # r, z, n: the largest over the gates
+    want = max(torch.linalg.eigvals(b).abs().max().item() for b in blocks)
+    assert spectra(gru)[0][0] == pytest.approx(want, rel=1e-9)

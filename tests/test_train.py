@@ -210,14 +210,14 @@ def test_skip_policy_skips_non_finite_steps_and_counts_them(data):
 
 
 def test_a_stream_carries_its_state_across_chunks_and_cuts_the_graph():
-    from rnnlab.train import forward
+    from rnnlab.train import detached, forward
 
     torch.manual_seed(0)
     model = StackedRNN("lstm", 5, 6, depth=2, output_size=5, many_to_many=True).double()
     x = torch.randn(3, 12, 5, dtype=torch.float64, requires_grad=True)
     whole, _ = model(x)
     first, state = forward(model, x[:, :6], None, True, 0)
-    second, _ = forward(model, x[:, 6:], state, True, 0)
+    second, _ = forward(model, x[:, 6:], detached(state), True, 0)  # as train's loop does between chunks
     torch.testing.assert_close(torch.cat([first, second], 1), whole)  # the values are carried
     second.sum().backward()
     assert torch.all(x.grad[:, :6] == 0) and torch.all(x.grad[:, 6:].abs().sum(-1) > 0)  # the graph is cut
@@ -309,7 +309,7 @@ def copy_model(seed=0, cell="lstm"):
 
 @pytest.mark.parametrize("cell", ["lstm", "peephole"])  # a fused kernel and a hand-written backward
 def test_each_chunk_of_a_copy_sequence_gets_the_gradient_of_its_own_loss_from_the_carried_state(cell):
-    """CELLS.md's truncated BPTT, checked step by step against a computation by hand: chunk j's
+    """Truncated BPTT (docs/maths.md), checked step by step against a computation by hand: chunk j's
     gradient is that of its own loss, at the weights of that step, from the state the previous
     chunk ended with (its true forward value, detached), so nothing crosses a chunk boundary."""
     import torch.nn.functional as F

@@ -35,7 +35,7 @@ def step_time(cell: str, every: int, resolution: int, spectra_every: int, blocks
 
     def step(n: int) -> None:
         if probe is not None and probe.due(n):
-            out, _ = probe.forward(model, x, None, False, 0)
+            out = forward_truncated(model, x, 0, run=probe.scan)
         else:
             out = forward_truncated(model, x, 0)
         loss = F.mse_loss(out, y)
