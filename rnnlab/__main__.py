@@ -3,10 +3,9 @@
     python -m rnnlab [key=value ...]          one run
     python -m rnnlab -m key=a,b other=1,2     a grid (Hydra multirun)
 
-Only Hydra is imported at start-up (``--help`` stays fast). Before Hydra creates a folder,
-``preflight`` composes every job of the command (rnnlab.compose) and checks it: first what
-needs no torch, for all jobs, then each job's cell, data and paths (rnnlab.run.prepare). So
-bad input fails with one line and nothing is written: no folder, no MLflow run, no study.
+Before Hydra creates a folder, ``preflight`` composes every job (rnnlab.compose) and checks
+it: what needs no torch for all jobs first, then each job's cell, data and paths
+(rnnlab.run.prepare). Bad input fails with one line; no folder, MLflow run or study exists.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ _LAUNCHED = time.perf_counter()  # before the heavy imports: start-up time is me
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 _INFO_FLAGS = {"--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion", "-sc"}
@@ -46,7 +44,12 @@ def main() -> None:
     # Output folders are named by time to the microsecond *and* process id, so runs started
     # in the same instant never share a folder (Hydra's default names them by the second).
     OmegaConf.register_new_resolver("rnnlab_pid", os.getpid, replace=True)
-    _register_sweeper()
+    # The sweeper by name: an editable install (PEP 660) hides the hydra_plugins namespace from Hydra.
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
     try:
         hydra.main(version_base="1.3", config_path="pkg://rnnlab.conf", config_name="config")(_hydra_job)()
     finally:
@@ -56,9 +59,8 @@ def main() -> None:
 
 
 def _start_writer(argv: list[str]) -> None:
-    """Start the tracking writer at launch, before the store is known, so that MLflow's import
-    (~1.4 s of CPU) and the store's connection run beside the job's start-up rather than beside
-    its first training steps. The first job takes it over, or lets it go if tracking is off."""
+    """The tracking writer, at launch: MLflow's import (~1.4 s of CPU) overlaps the job's start-up,
+    not its first steps. The first job takes it over, or lets it go if tracking is off."""
     global _EARLY_WRITER
     if "tracking=none" not in argv:
         import atexit
@@ -73,16 +75,6 @@ def fail(message: str) -> None:
     """One line on stderr and exit status 2: the convention for bad input."""
     print(f"rnnlab: error: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def _register_sweeper() -> None:
-    """Hydra finds plugins by listing the hydra_plugins namespace, which an editable install
-    (pip install -e, PEP 660) hides from it. Importing the sweeper by name works everywhere."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import OptunaSweeper
-
-    Plugins.instance().register(OptunaSweeper)
 
 
 def preflight(argv: list[str]) -> None:
@@ -106,7 +98,11 @@ def preflight(argv: list[str]) -> None:
         except RunError as e:
             fail(str(e))
         if len(_PREPARED) < _KEEP_PREPARED:  # the first jobs reuse what was built for them here
-            _PREPARED[json.dumps(raw, sort_keys=True, default=str)] = prepared
+            _PREPARED[_job_key(raw)] = prepared
+
+
+def _job_key(raw: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in raw.items() if k != "hydra"}, sort_keys=True, default=str)
 
 
 def _hydra_job(cfg: Any) -> dict[str, float]:
@@ -121,35 +117,26 @@ def _hydra_job(cfg: Any) -> dict[str, float]:
 
     global _EARLY_WRITER
     hydra_cfg = HydraConfig.get()
-    # A plain multirun reports its failed jobs at the end; in an Optuna sweep the sweeper
-    # accounts for failed and pruned trials itself (max_failure_rate), so they are not listed.
+    # A multirun lists its failed jobs at the end, but a sweep's trials are the sweeper's to count.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     listed = multirun and not OmegaConf.select(cfg, "trial.study", default="")
     overrides = list(hydra_cfg.overrides.task)
     raw = OmegaConf.to_container(cfg, resolve=True)
     writer, _EARLY_WRITER = _EARLY_WRITER, None  # started at launch (the first job takes it)
     try:
-        try:
-            config = validate(raw)
-        except ConfigError as e:
-            raise RunError(str(e)) from None
+        config = validate(raw)  # what preflight checked, unless a sweeper chose the values
         secrets = secret_keys(OmegaConf.to_container(cfg, resolve=False))
         command = redact({"command": " ".join(["python -m rnnlab", *overrides])}, set())["command"]
-        prepared = _PREPARED.pop(json.dumps({k: v for k, v in raw.items() if k != "hydra"}, sort_keys=True, default=str), None)
         launched = _LAUNCHED if not multirun or hydra_cfg.job.num == 0 else None
-        result = run(config, output_dir=Path(hydra_cfg.runtime.output_dir), prepared=prepared, command=command,
-                     secrets=secrets, launched=launched, writer=writer)
-        return result.metrics
+        return run(config, output_dir=hydra_cfg.runtime.output_dir, prepared=_PREPARED.pop(_job_key(raw), None),
+                   command=command, secrets=secrets, launched=launched, writer=writer).metrics
     except Stopped as e:
-        print(f"rnnlab: {e}", file=sys.stderr)
+        print(f"rnnlab: {e}", file=sys.stderr, flush=True)
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Exit now: a normal exit would join the tracking writer, which may still be flushing;
-        # it already knows the run is KILLED and finishes on its own.
-        os._exit(e.exit_code)
+        sys.stdout.flush()  # exit now: a normal exit would wait for the tracking writer's last flush,
+        os._exit(e.exit_code)  # and it knows the run is KILLED and finishes on its own
     except Exception as e:
-        if isinstance(e, RunError) and not multirun:
+        if isinstance(e, (RunError, ConfigError)) and not multirun:
             fail(str(e))
         # The job's log file (Hydra's) gets the traceback; in a multirun the other jobs go on.
         logging.getLogger("rnnlab").exception("job failed: %s", e)

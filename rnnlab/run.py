@@ -159,7 +159,7 @@ def run(
     config: Config,
     hooks: Hooks | None = None,
     *,
-    output_dir: Path | None = None,
+    output_dir: str | Path | None = None,
     prepared: Prepared | None = None,
     command: str | None = None,
     secrets: frozenset[str] | set[str] = frozenset(),
