@@ -211,7 +211,9 @@ def test_the_1_3_target_form_is_read_as_its_registry_name_and_builds_the_same_ob
     assert sweep.choice_spec("pruner", old, "k") == {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 3}
     assert sweep.choice_spec("sampler", {"_target_": "optuna.samplers.RandomSampler", "seed": 4}, "k") == {"name": "random", "seed": 4}
     pruner = sweep.build("pruner", old, "k")
-    assert type(pruner) is optuna.pruners.MedianPruner and pruner._n_startup_trials == 2 and pruner._n_warmup_steps == 3
+    assert type(pruner) is optuna.pruners.MedianPruner
+    assert vars(pruner) == vars(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3))
+    assert vars(pruner) != vars(optuna.pruners.MedianPruner())  # the options reached it
     assert sweep.choice_spec("pruner", {}, "k") == {} and sweep.build("pruner", None, "k") is None
     for name, cls in {**sweep.SAMPLER_CLASSES, **sweep.PRUNER_CLASSES}.items():  # every registry name is a public class
         kind = "sampler" if name in sweep.SAMPLER_CLASSES else "pruner"
@@ -346,7 +348,7 @@ def test_a_torn_journal_line_is_repaired_and_the_study_loads_again(tmp_path):
     assert sweep.repair_journal(path) > 0 and path.read_bytes() == good
     # Unrepaired, the next appends are glued onto the fragment, and every later load fails.
     *head, second_last, last, _ = good.split(b"\n")
-    path.write_bytes(b"\n".join([*head, b'{"op_code": 5, "wor' + second_last, last, b""]))
+    path.write_bytes(b"\n".join([*head, b'{"op_code": 5, "params": {"x": [1, {"y"' + second_last, last, b""]))
     with pytest.raises(ValueError):
         optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(path))))
