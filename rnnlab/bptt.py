@@ -34,8 +34,31 @@ import torch
 from torch import Tensor
 
 
-# oneDNN's matmul, where torch has it: the op torch.compile's CPU backend emits for linear layers.
-_onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+def _working_onednn_linear(ops: Any = torch.ops.mkldnn) -> Any:
+    """oneDNN's matmul, ``torch.ops.mkldnn._linear_pointwise`` (the op torch.compile's CPU
+    backend emits for linear layers), if this torch has it and it still means what mm and
+    grad_weight assume: (x, W (N, K), b, "none", [], "") -> x W^T + b, and its ``binary``
+    form (x, p, W, None, "add") -> x W^T + p. It is a private op: checked once on a tiny
+    product here, it is the only door to it, and where it is missing, has another signature
+    or computes something else, None: every product takes torch.mm/addmm (MKL), as slower
+    but exact. tests/test_bptt.py pins that this torch passes the check."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    op = getattr(ops, "_linear_pointwise", None)
+    if op is None:
+        return None
+    g = torch.Generator().manual_seed(0)
+    x, w, b, p = (torch.randn(*shape, generator=g) for shape in ((3, 4), (5, 4), (5,), (3, 5)))
+    try:
+        same = torch.allclose(op(x, w, b, "none", [], ""), torch.addmm(b, x, w.t()), atol=1e-5) and torch.allclose(
+            op.binary(x, p, w, None, "add"), torch.addmm(p, x, w.t()), atol=1e-5
+        )
+    except (RuntimeError, TypeError, AttributeError, ValueError):  # gone, renamed, or another schema
+        return None
+    return op if same else None
+
+
+_onednn_linear = _working_onednn_linear()
 # Below this many multiply-adds oneDNN's ~10 us set-up per call outweighs its faster kernel
 # (experiments/benchmarks/products.py, 1 thread).
 _ONEDNN_MIN_MACS = 1 << 20

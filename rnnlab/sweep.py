@@ -14,6 +14,11 @@ Two sides meet in one study:
 The job reaches its trial through plain config keys (``trial.storage``, ``trial.study``,
 ``trial.number``) that the sweeper sets per job, so it works with any launcher: in-process,
 joblib processes, Slurm nodes. Optuna is imported lazily: a run outside a sweep never pays for it.
+
+Only Optuna's public API is used: a study's storage is the object open_storage returned (the
+functions below take it beside the study), and a trial's storage id comes from the storage's
+own lookup by trial number (see trial_id). Samplers and pruners are named, never imported from
+config text (see choice_spec).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,8 +116,14 @@ def repair_journal(path: Path) -> int:
 
     A worker killed mid-write leaves a line without its end. Optuna skips such a last line,
     but the next append is glued onto it, and from then on every load fails ("Invalid log
-    format"). Each log line starts with '{"op_code"': a glued line keeps its last complete
-    record, a torn last line is cut. Runs under the journal's own lock."""
+    format"). What this relies on is only the file's layout, which Optuna's JournalFileBackend
+    reads the same way (tests/test_sweep.py pins it): one JSON object per line, each ended by
+    a newline. A line that does not parse keeps its longest tail that is one object (the
+    complete record glued onto a fragment); a torn last line is cut. No field of a record is
+    read. A file whose first line is not a JSON object is not a layout rnnlab knows: it is left
+    to Optuna as it is. Runs under the journal's own lock."""
+    import sys
+
     from optuna.storages.journal import JournalFileSymlinkLock
 
     if not path.exists():
@@ -121,16 +132,16 @@ def repair_journal(path: Path) -> int:
     lock.acquire()
     try:
         data = path.read_bytes()
-        kept, dropped = [], 0
         lines = data.split(b"\n")
+        if len(lines) > 1 and _record(lines[0]) is None:
+            print(f"rnnlab: warning: {path}: not one JSON object per line; left to Optuna unrepaired", file=sys.stderr)
+            return 0
+        kept, dropped = [], 0
         for i, line in enumerate(lines):
             last = i == len(lines) - 1
             if last and not line:
                 continue  # the file ends with "\n": nothing torn
-            good = line if not last and _is_record(line) else None
-            if good is None:
-                start = line.rfind(b'{"op_code"')
-                good = line[start:] if start > 0 and not last and _is_record(line[start:]) else None
+            good = None if last else _record(line)
             dropped += len(line) + (0 if last else 1) - (len(good) + 1 if good is not None else 0)
             if good is not None:
                 kept.append(good)
@@ -138,19 +149,24 @@ def repair_journal(path: Path) -> int:
             tmp = path.with_suffix(path.suffix + ".repair")
             tmp.write_bytes(b"".join(line + b"\n" for line in kept))
             os.replace(tmp, path)
-            import sys
-
             print(f"rnnlab: warning: {path}: dropped {dropped} bytes of torn journal writes", file=sys.stderr)
         return dropped
     finally:
         lock.release()
 
 
-def _is_record(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
+def _record(line: bytes) -> bytes | None:
+    """The line if it is one JSON object, else its longest tail that is one (a fragment with a
+    record glued on: the first "{" from which the rest parses), else None."""
+    start = 0
+    while start != -1:
+        try:
+            if isinstance(json.loads(line[start:]), dict):
+                return line[start:]
+        except ValueError:
+            pass
+        start = line.find(b"{", start + 1)
+    return None
 
 
 def load_or_create_study(
@@ -214,20 +230,28 @@ def count(study: optuna.Study) -> Counts:
     return Counts(done, failed, running, waiting)
 
 
-def fail_trial(study: optuna.Study, trial_id: int, reason: str, retry: bool = False) -> bool:
-    """Record a trial FAIL with its reason; with ``retry``, enqueue its params once more
-    (once: a retry is never retried). False if someone else finished it first."""
+def trial_id(storage: Any, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial ``number`` of ``study``, for the storage's own setters. Optuna
+    keeps it private on its trial objects; the storage's public lookup costs a query or two,
+    once per claim, per record and per reaped trial: nothing next to a training job."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def fail_trial(study: optuna.Study, storage: Any, number: int, reason: str, retry: bool = False) -> bool:
+    """Record trial ``number`` FAIL with its reason; with ``retry``, enqueue its params once
+    more (once: a retry is never retried). False if someone else finished it first."""
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
     try:
-        frozen = storage.get_trial(trial_id)
+        tid = trial_id(storage, study, number)
+        frozen = storage.get_trial(tid)
         retry = retry and RETRY_OF not in frozen.user_attrs
-        storage.set_trial_user_attr(trial_id, FAIL_REASON, reason[:500])
+        storage.set_trial_user_attr(tid, FAIL_REASON, reason[:500])
         if retry:  # before the state: a finished trial's attributes are frozen
-            storage.set_trial_system_attr(trial_id, RETRIED, True)
-        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            storage.set_trial_system_attr(tid, RETRIED, True)
+        if not storage.set_trial_state_values(tid, TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
@@ -236,7 +260,7 @@ def fail_trial(study: optuna.Study, trial_id: int, reason: str, retry: bool = Fa
     return True
 
 
-def reap(study: optuna.Study, grace: float) -> list[int]:
+def reap(study: optuna.Study, storage: Any, grace: float) -> list[int]:
     """Fail (and retry once) every RUNNING trial whose worker has not beaten for ``grace``
     seconds: a killed worker must not leave its trial RUNNING forever. Optuna checks for stale
     trials only when a live worker starts a new trial, and the journal storage has no
@@ -249,18 +273,19 @@ def reap(study: optuna.Study, grace: float) -> list[int]:
         last = t.system_attrs.get(HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now)
         if now - last > grace:
             worker = t.system_attrs.get(WORKER, "a worker")
-            if fail_trial(study, t._trial_id, f"no heartbeat from {worker} for {now - last:.0f} s (killed?)", retry=True):
+            if fail_trial(study, storage, t.number, f"no heartbeat from {worker} for {now - last:.0f} s (killed?)", retry=True):
                 reaped.append(t.number)
     return reaped
 
 
 class Heartbeat:
     """A thread that beats for this worker's running trials and reaps other workers' stale
-    ones, every ``interval`` seconds, while jobs run (the launcher blocks the sweeper)."""
+    ones, every ``interval`` seconds, while jobs run (the launcher blocks the sweeper).
+    ``trials``: this worker's running trials, number -> storage id (claim adds, record removes)."""
 
-    def __init__(self, study: optuna.Study, interval: float, grace: float) -> None:
-        self.study, self.interval, self.grace = study, interval, grace
-        self.trial_ids: set[int] = set()
+    def __init__(self, study: optuna.Study, storage: Any, interval: float, grace: float) -> None:
+        self.study, self.storage, self.interval, self.grace = study, storage, interval, grace
+        self.trials: dict[int, int] = {}
         self.reaped: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rnnlab-heartbeat", daemon=True)
@@ -269,17 +294,17 @@ class Heartbeat:
     def beat(self) -> None:
         import optuna
 
-        for trial_id in list(self.trial_ids):
+        for number, tid in list(self.trials.items()):
             try:
-                self.study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                self.storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
-                self.trial_ids.discard(trial_id)
+                self.trials.pop(number, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
-                self.reaped += reap(self.study, self.grace)
+                self.reaped += reap(self.study, self.storage, self.grace)
             except Exception as e:  # a storage hiccup must not kill the sweep; the next beat retries
                 import sys
 
@@ -290,37 +315,42 @@ class Heartbeat:
         self._thread.join()
 
 
-def claim(study: optuna.Study, distributions: dict[str, Any], heartbeat: Heartbeat) -> optuna.Trial:
-    """Ask for a trial (an enqueued retry first) and mark it as this worker's."""
-    trial = study.ask(distributions)
-    storage = study._storage
-    storage.set_trial_system_attr(trial._trial_id, WORKER, f"{socket.gethostname()}:{os.getpid()}")
-    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())
-    heartbeat.trial_ids.add(trial._trial_id)
+def claim(heartbeat: Heartbeat, distributions: dict[str, Any]) -> optuna.Trial:
+    """Ask the heartbeat's study for a trial (an enqueued retry first) and mark it as this
+    worker's: its host:pid and a first beat."""
+    trial = heartbeat.study.ask(distributions)
+    storage = heartbeat.storage
+    tid = trial_id(storage, heartbeat.study, trial.number)
+    storage.set_trial_system_attr(tid, WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
+    heartbeat.trials[trial.number] = tid
     return trial
 
 
-def record(study: optuna.Study, trial: optuna.Trial, outcome: Any, objectives: Sequence[str]) -> str:
-    """Tell the study how a job ended. ``outcome`` is the job's return dict or the exception
-    it raised. A NaN or infinite objective is a FAIL: Optuna itself would store +inf as
-    COMPLETE, and a diverged run must never count as a result. Returns the state's name."""
+def record(heartbeat: Heartbeat, trial: optuna.Trial, outcome: Any, objectives: Sequence[str]) -> str:
+    """Tell the study how a job ended and stop beating for it. ``outcome`` is the job's return
+    dict or the exception it raised. A NaN or infinite objective is a FAIL: Optuna itself
+    would store +inf as COMPLETE, and a diverged run must never count as a result. Returns
+    the state's name."""
     import optuna
     from optuna.trial import TrialState
 
+    study, storage = heartbeat.study, heartbeat.storage
+    heartbeat.trials.pop(trial.number, None)
     if isinstance(outcome, optuna.TrialPruned):
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return "PRUNED"
     if isinstance(outcome, BaseException):
-        fail_trial(study, trial._trial_id, f"{type(outcome).__name__}: {_one_line(outcome)}")
+        fail_trial(study, storage, trial.number, f"{type(outcome).__name__}: {_one_line(outcome)}")
         return "FAIL"
     try:
         values = [float(outcome[k]) for k in objectives]
     except (KeyError, TypeError, ValueError):
-        fail_trial(study, trial._trial_id, f"the job returned no number for each of {list(objectives)}: {outcome!r}"[:500])
+        fail_trial(study, storage, trial.number, f"the job returned no number for each of {list(objectives)}: {outcome!r}"[:500])
         return "FAIL"
     bad = [f"{k}={v}" for k, v in zip(objectives, values) if not math.isfinite(v)]
     if bad:
-        fail_trial(study, trial._trial_id, f"non-finite objective {', '.join(bad)} (diverged)")
+        fail_trial(study, storage, trial.number, f"non-finite objective {', '.join(bad)} (diverged)")
         return "FAIL"
     study.tell(trial, values, skip_if_finished=True)
     return "COMPLETE"
@@ -340,26 +370,29 @@ class NullTrial:
 
 class JobTrial:
     """A job's handle on its trial: reports val_loss every epoch and raises
-    ``optuna.TrialPruned`` when the study's pruner says so, which unwinds train()."""
+    ``optuna.TrialPruned`` when the study's pruner says so, which unwinds train(). It talks to
+    the storage and the pruner through their public methods, as optuna.Trial.report and
+    should_prune do, without building an optuna.Trial (whose constructor is not for users)."""
 
     def __init__(self, cfg: Any) -> None:
         import optuna
 
+        pruner = build("pruner", cfg.pruner, "trial.pruner")  # before anything is opened
         self.pruned = (optuna.TrialPruned,)
         self.tags = {"rnnlab.study": cfg.study, "rnnlab.trial": str(cfg.number)}
         if cfg.parent_run:
             self.tags["mlflow.parentRunId"] = cfg.parent_run  # a child of the sweep's run
-        study = optuna.load_study(study_name=cfg.study, storage=open_storage(cfg.storage), pruner=build(cfg.pruner))
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, cfg.number)
-        self.trial = optuna.Trial(study, trial_id)
+        self.storage = open_storage(cfg.storage)
+        self.study = optuna.load_study(study_name=cfg.study, storage=self.storage, pruner=pruner)
+        self.trial_id = trial_id(self.storage, self.study, cfg.number)
         # Optuna prunes single-objective studies only.
-        self.prune = len(study.directions) == 1
+        self.prune = len(self.study.directions) == 1
 
     def on_epoch_end(self, epoch: int, val_loss: float) -> None:
         if not self.prune or not math.isfinite(val_loss):
             return
-        self.trial.report(val_loss, epoch)
-        if self.trial.should_prune():
+        self.storage.set_trial_intermediate_value(self.trial_id, epoch, val_loss)
+        if self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
             raise self.pruned[0](f"pruned after epoch {epoch} (val_loss {val_loss:.4g})")
 
 
@@ -384,16 +417,88 @@ def share_cores(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def build(spec: dict[str, Any] | None) -> Any:
-    """An object from a {'_target_': 'module.Class', **kwargs} spec (Hydra's convention,
-    without importing Hydra): the pruner a job rebuilds from its config."""
+# ---------------------------------------------------------------- samplers and pruners by name
+# What a config may name: one of these registry names and plain keyword values. The values are
+# the names of Optuna's public classes (optuna.samplers.X, optuna.pruners.X) and the only
+# strings rnnlab turns into a class: nothing a config says is imported or called (README: rnnlab
+# never instantiates classes from config). Keyword values are checked plain (check_plain), so
+# no callable or object can be passed either; a sampler that needs one is not offered.
+SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler",
+                   "nsgaii": "NSGAIISampler", "qmc": "QMCSampler"}
+PRUNER_CLASSES = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
+                  "successive_halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner", "none": "NopPruner"}
+_REGISTRIES = {"sampler": ("optuna.samplers", SAMPLER_CLASSES), "pruner": ("optuna.pruners", PRUNER_CLASSES)}
+
+
+def check_plain(value: Any, key: str) -> None:
+    """Config data only: numbers, strings, booleans, null, and lists or mappings of them, with
+    no Hydra instantiation key (``_target_``, ``_args_``, ...) at any depth, so that nothing
+    downstream can turn the value into a call. Raises SweepError naming the first bad key."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain(item, f"{key}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, item in value.items():
+            if not isinstance(k, str) or (k.startswith("_") and k.endswith("_")):
+                raise SweepError(f"{key}.{k}={item!r} is not allowed (allowed: plain values; rnnlab instantiates nothing from config)")
+            check_plain(item, f"{key}.{k}")
+        return
+    raise SweepError(f"{key}={value!r} is not allowed (allowed: numbers, strings, booleans, null, and lists or mappings of them)")
+
+
+def choice_spec(kind: str, spec: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
+    """A sampler or pruner setting (``kind``) as {name: <registry name>, **keyword values}, or
+    {} where none is given. Anything else raises SweepError, one line naming ``key``, the value
+    and what is allowed. Imports nothing, so validation can call it before anything heavy.
+
+    hydra-optuna-sweeper 1.3's form, {_target_: optuna.pruners.MedianPruner, ...}, is read as
+    the registry's name for that class, and refused for any other target."""
+    if not spec:
+        return {}
+    module, classes = _REGISTRIES[kind]
+    names = ", ".join(classes)
+    if not isinstance(spec, Mapping):
+        raise SweepError(f"{key}={spec!r} is not allowed (allowed: a mapping {{name: {names.replace(', ', '|')}, option: value, ...}})")
+    spec = dict(spec)
+    if "_target_" in spec:
+        target = spec.pop("_target_")
+        by_target = {f"{module}.{cls}": name for name, cls in classes.items()}
+        if target not in by_target:
+            raise SweepError(f"{key}._target_={target!r} is not allowed (allowed: {', '.join(by_target)}; or {key}.name: {names})")
+        if spec.setdefault("name", by_target[target]) != by_target[target]:
+            raise SweepError(f"{key}: _target_={target!r} and name={spec['name']!r} disagree: give one (allowed names: {names})")
+    name = spec.get("name")
+    if not isinstance(name, str) or name not in classes:
+        raise SweepError(f"{key}.name={name!r} is not allowed (allowed: {names})")
+    for k, value in spec.items():
+        check_plain(value, f"{key}.{k}")
+    return spec
+
+
+def build(kind: str, spec: Mapping[str, Any] | None, key: str) -> Any:
+    """The Optuna sampler or pruner a setting names (see choice_spec), or None for an empty
+    one. An option the class does not take, or a value it refuses, is a one-line SweepError."""
+    import inspect
+
+    spec = choice_spec(kind, spec, key)
     if not spec:
         return None
-    import importlib
+    import optuna
 
-    kwargs = dict(spec)
-    module, _, name = kwargs.pop("_target_").rpartition(".")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    module, classes = _REGISTRIES[kind]
+    cls = getattr({"sampler": optuna.samplers, "pruner": optuna.pruners}[kind], classes[spec["name"]])
+    options = {k: v for k, v in spec.items() if k != "name"}
+    known = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SweepError(f"{key}.{unknown[0]} is not an option of the {spec['name']} {kind} (allowed: {', '.join(known)})")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError, ImportError) as e:
+        raise SweepError(f"{key}: {_one_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------------- summary

@@ -2,6 +2,7 @@
 user runs them (`python -m rnnlab -m hydra/sweeper=optuna ...` in subprocesses)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -123,12 +124,219 @@ def test_every_ready_sampler_builds_seeded_and_grid_gets_its_space_from_the_over
                             5, 30, 0, 0, True)
     space = {"depth": IntDistribution(1, 3), "cell": CategoricalDistribution(["rnn", "gru"])}
     sampler = sweeper._sampler(space, offset=2)
-    assert type(sampler).__name__ == SAMPLERS[name]["_target_"].rsplit(".", 1)[1]
+    assert type(sampler).__name__ == sweep.SAMPLER_CLASSES[name]
     if name == "grid":
         assert sampler._search_space == {"cell": ["rnn", "gru"], "depth": [1, 2, 3]}
 
 
+# ------------------------------------------- no code from config: every path that reaches an import
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    """What a hostile config would name: a module outside the project (importable, on sys.path)
+    that leaves a marker file when it is imported and when its function is called. The current
+    directory is an empty project. Yields (the function's dotted name, the marker)."""
+    elsewhere, project = tmp_path / "elsewhere", tmp_path / "project"
+    elsewhere.mkdir()
+    project.mkdir()
+    marker = tmp_path / "MARKER"
+    (elsewhere / "rnnlab_hostile.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        f"def run(*args, **kwargs):\n    Path({str(marker)!r}).touch()\n"
+    )
+    monkeypatch.syspath_prepend(str(elsewhere))
+    monkeypatch.chdir(project)
+    yield "rnnlab_hostile.run", marker
+    sys.modules.pop("rnnlab_hostile", None)
+
+
+def assert_nothing_ran(marker: Path) -> None:
+    assert not marker.exists() and "rnnlab_hostile" not in sys.modules
+
+
+def a_sweeper(**given):
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import PRUNERS, SAMPLERS, OptunaSweeper
+
+    kwargs = dict(sampler=SAMPLERS["tpe"], pruner=PRUNERS["median"], direction="minimize", storage=None,
+                  study_name=None, n_trials=1, n_jobs=1, params=None, max_failure_rate=0.25,
+                  custom_search_space=None, objectives=["val_loss"], heartbeat_interval=5, grace_period=30,
+                  threads_per_trial=0, gpus=0, importance=True)
+    return OptunaSweeper(**{**kwargs, **given})
+
+
+def one_line_exit(capsys, call) -> str:
+    with pytest.raises(SystemExit) as info:
+        call()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    return err
+
+
+def test_the_issues_pruner_is_refused_by_name_with_the_allowed_ones():
+    spec = {"_target_": "subprocess.check_output", "args": ["echo", "x"]}
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.choice_spec("pruner", spec, "trial.pruner")
+    assert str(info.value) == (
+        "trial.pruner._target_='subprocess.check_output' is not allowed (allowed: optuna.pruners.MedianPruner, "
+        "optuna.pruners.PercentilePruner, optuna.pruners.HyperbandPruner, optuna.pruners.SuccessiveHalvingPruner, "
+        "optuna.pruners.ThresholdPruner, optuna.pruners.NopPruner; or trial.pruner.name: median, percentile, "
+        "hyperband, successive_halving, threshold, none)"
+    )
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"name": "nope"}, "trial.pruner.name='nope' is not allowed (allowed: median, percentile, hyperband, "),
+        ({"n_startup_trials": 2}, "trial.pruner.name=None is not allowed (allowed: median, "),
+        ("median", "trial.pruner='median' is not allowed (allowed: a mapping {name: median|percentile|"),
+        ({"name": "median", "n_startup_trials": {"_target_": "os.system", "_args_": ["true"]}},
+         "trial.pruner.n_startup_trials._target_='os.system' is not allowed (allowed: plain values"),
+        ({"name": "median", "n_warmup_steps": [1, {"_partial_": True}]}, "trial.pruner.n_warmup_steps[1]._partial_=True is not allowed"),
+        ({"name": "median", "n_startup_trials": print}, "trial.pruner.n_startup_trials=<built-in function print> is not allowed"),
+        ({"_target_": "optuna.pruners.MedianPruner", "name": "hyperband"},
+         "trial.pruner: _target_='optuna.pruners.MedianPruner' and name='hyperband' disagree"),
+    ],
+)
+def test_a_pruner_is_a_registry_name_with_plain_values_and_nothing_else(spec, message):
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.choice_spec("pruner", spec, "trial.pruner")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_the_1_3_target_form_is_read_as_its_registry_name_and_builds_the_same_object():
+    old = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 3}
+    assert sweep.choice_spec("pruner", old, "k") == {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 3}
+    assert sweep.choice_spec("sampler", {"_target_": "optuna.samplers.RandomSampler", "seed": 4}, "k") == {"name": "random", "seed": 4}
+    pruner = sweep.build("pruner", old, "k")
+    assert type(pruner) is optuna.pruners.MedianPruner
+    assert vars(pruner) == vars(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3))
+    assert vars(pruner) != vars(optuna.pruners.MedianPruner())  # the options reached it
+    assert sweep.choice_spec("pruner", {}, "k") == {} and sweep.build("pruner", None, "k") is None
+    for name, cls in {**sweep.SAMPLER_CLASSES, **sweep.PRUNER_CLASSES}.items():  # every registry name is a public class
+        kind = "sampler" if name in sweep.SAMPLER_CLASSES else "pruner"
+        assert isinstance(getattr(getattr(optuna, kind + "s"), cls), type), name
+
+
+def test_an_option_the_class_does_not_take_is_one_line_naming_the_options_it_does():
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.build("pruner", {"name": "median", "n_startup": 1}, "hydra.sweeper.pruner")
+    assert str(info.value) == ("hydra.sweeper.pruner.n_startup is not an option of the median pruner "
+                               "(allowed: n_startup_trials, n_warmup_steps, interval_steps, n_min_trials)")
+    with pytest.raises(sweep.SweepError, match=r"^hydra.sweeper.pruner: .*negative, but got n_startup_trials=-1"):
+        sweep.build("pruner", {"name": "median", "n_startup_trials": -1}, "hydra.sweeper.pruner")
+
+
+def test_a_hostile_pruner_reaching_the_job_is_refused_before_the_study_is_opened(hostile, tmp_path):
+    from types import SimpleNamespace
+
+    target, marker = hostile
+    journal = tmp_path / "j"
+    for pruner in ({"_target_": target, "_args_": [str(marker)]}, {"name": "median", "n_startup_trials": {"_target_": target}}):
+        cfg = SimpleNamespace(storage=str(journal), study="s", number=0, parent_run=None, threads=0, pruner=pruner)
+        with pytest.raises(sweep.SweepError, match=r"^trial\.pruner\..*is not allowed"):
+            sweep.job_trial(cfg)
+        with pytest.raises(sweep.SweepError):
+            sweep.build("pruner", pruner, "trial.pruner")
+    assert_nothing_ran(marker)
+    assert not journal.exists()
+
+
+@pytest.mark.parametrize("kind", ["sampler", "pruner"])
+def test_a_hostile_sampler_or_pruner_of_the_sweeper_fails_its_plan_before_anything(hostile, kind, capsys):
+    target, marker = hostile
+    for spec in ({"_target_": target}, {"name": "tpe" if kind == "sampler" else "median", "seed": {"_target_": target}}):
+        err = one_line_exit(capsys, lambda: a_sweeper(**{kind: spec}).plan([]))
+        assert err.startswith(f"rnnlab: error: hydra.sweeper.{kind}.") and "is not allowed" in err
+    assert_nothing_ran(marker)
+    assert not Path("outputs").exists()
+
+
+def test_a_target_inside_the_launchers_settings_is_refused_before_hydra_instantiates_it(hostile, capsys):
+    from hydra import compose, initialize_config_module
+
+    target, marker = hostile
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/sweeper=optuna", f"++hydra.launcher.extra={{_target_:{target},_args_:[x]}}"],
+                      return_hydra_config=True)
+    err = one_line_exit(capsys, lambda: a_sweeper().setup(hydra_context=None, task_function=None, config=cfg))
+    assert err == f"rnnlab: error: hydra.launcher.extra._target_='{target}' is not allowed (allowed: plain values; rnnlab instantiates nothing from config)"
+    assert_nothing_ran(marker)
+
+
+@pytest.mark.parametrize("path,why", [
+    ("rnnlab_hostile.run", "is not a module of this project"),  # on sys.path, outside the current directory
+    ("subprocess.check_output", "is not a module of this project"),  # the standard library
+    ("optuna.create_study", "is not a module of this project"),  # an installed package
+    ("sys.exit", "is not a module of this project (built in"),
+    ("os.system()", "is not allowed (allowed: module.function"),
+    ("nowhere_at_all.fn", "no module 'nowhere_at_all'"),
+])
+def test_a_custom_search_space_outside_the_project_is_refused_before_it_is_imported(hostile, path, why, capsys):
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import _user_function
+
+    _, marker = hostile
+    err = one_line_exit(capsys, lambda: _user_function(path))
+    assert err.startswith(f"rnnlab: error: hydra.sweeper.custom_search_space={path!r}") and why in err, err
+    assert_nothing_ran(marker)
+
+
+def test_a_custom_search_space_in_the_project_is_imported(hostile):
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import _user_function
+
+    Path("my_space_fn.py").write_text("def extra(cfg, trial):\n    return 'mine'\n")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        assert _user_function("my_space_fn.extra")(None, None) == "mine"
+    finally:
+        sys.path.remove(str(Path.cwd()))
+        sys.modules.pop("my_space_fn", None)
+
+
+def test_what_a_launcher_does_with_a_batch_is_read_from_its_settings():
+    from hydra import compose, initialize_config_module
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import _launcher_runs
+
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        basic = compose("config", overrides=["hydra/sweeper=optuna"], return_hydra_config=True).hydra.launcher
+    assert _launcher_runs(dict(basic)) == (True, False)  # Hydra's basic launcher: in this process, one by one
+    assert _launcher_runs({"_target_": "x.JoblibLauncher", "n_jobs": 2, "prefer": "processes"}) == (False, False)
+    assert _launcher_runs({"_target_": "x.SlurmLauncher", "partition": "gpu", "cpus_per_task": 8}) == (False, True)
+
+
 # ------------------------------------------------------------------------ the study side
+
+
+def test_optunas_journal_file_is_one_json_object_per_line_and_a_torn_last_line_is_skipped(tmp_path):
+    # What repair_journal relies on, pinned: an Optuna that writes its journal otherwise fails here.
+    path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="s", storage=sweep.open_storage(str(path)))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    data = path.read_bytes()
+    assert data.endswith(b"\n") and all(isinstance(json.loads(line), dict) for line in data.splitlines())
+    path.write_bytes(data + b'{"anything": [1, 2')  # torn: no newline
+    assert len(load(tmp_path, "s", str(path)).trials) == 2
+
+
+def test_a_journal_in_a_layout_rnnlab_does_not_know_is_left_alone(tmp_path, capsys):
+    path = tmp_path / "study.journal"
+    path.write_bytes(b"PK\x03\x04 not lines of JSON\n{\"a\": 1}\ntorn")
+    assert sweep.repair_journal(path) == 0 and path.read_bytes() == b"PK\x03\x04 not lines of JSON\n{\"a\": 1}\ntorn"
+    assert "left to Optuna unrepaired" in capsys.readouterr().err
+
+
+def test_the_public_trial_id_lookup_finds_each_trial_of_each_study_in_one_storage(tmp_path):
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    studies = [sweep.load_or_create_study(storage, name, ["minimize"], {}) for name in ("a", "b")]
+    for study in studies * 2:  # interleaved: ids are not trial numbers
+        study.ask()
+    for study in studies:
+        for number in (0, 1):
+            frozen = storage.get_trial(sweep.trial_id(storage, study, number))
+            assert frozen.number == number and frozen in study.get_trials(deepcopy=False)
 
 
 def test_a_torn_journal_line_is_repaired_and_the_study_loads_again(tmp_path):
@@ -140,7 +348,7 @@ def test_a_torn_journal_line_is_repaired_and_the_study_loads_again(tmp_path):
     assert sweep.repair_journal(path) > 0 and path.read_bytes() == good
     # Unrepaired, the next appends are glued onto the fragment, and every later load fails.
     *head, second_last, last, _ = good.split(b"\n")
-    path.write_bytes(b"\n".join([*head, b'{"op_code": 5, "wor' + second_last, last, b""]))
+    path.write_bytes(b"\n".join([*head, b'{"op_code": 5, "params": {"x": [1, {"y"' + second_last, last, b""]))
     with pytest.raises(ValueError):
         optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(path))))
@@ -149,28 +357,30 @@ def test_a_torn_journal_line_is_repaired_and_the_study_loads_again(tmp_path):
 
 
 def test_a_stale_trial_is_failed_with_its_reason_and_retried_once_with_the_same_params(tmp_path):
-    study = sweep.load_or_create_study(sweep.open_storage(str(tmp_path / "j")), "s", ["minimize"], {})
-    beat = sweep.Heartbeat(study, interval=60, grace=60)  # beats only when told to
-    trial = sweep.claim(study, {"x": FloatDistribution(0, 1)}, beat)
-    study._storage.set_trial_system_attr(trial._trial_id, sweep.HEARTBEAT, time.time() - 10)
-    assert sweep.reap(study, grace=5) == [trial.number]
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    study = sweep.load_or_create_study(storage, "s", ["minimize"], {})
+    beat = sweep.Heartbeat(study, storage, interval=60, grace=60)  # beats only when told to
+    trial = sweep.claim(beat, {"x": FloatDistribution(0, 1)})
+    storage.set_trial_system_attr(beat.trials[trial.number], sweep.HEARTBEAT, time.time() - 10)
+    assert sweep.reap(study, storage, grace=5) == [trial.number]
     failed = study.trials[trial.number]
     assert failed.state == TrialState.FAIL and "no heartbeat" in failed.user_attrs[sweep.FAIL_REASON]
     assert sweep.count(study) == sweep.Counts(done=0, failed=0, running=0, waiting=1)  # the retry stands in
-    retry = sweep.claim(study, {"x": FloatDistribution(0, 1)}, beat)
+    retry = sweep.claim(beat, {"x": FloatDistribution(0, 1)})
     assert retry.params == failed.params and retry.user_attrs[sweep.RETRY_OF] == trial.number
-    study._storage.set_trial_system_attr(retry._trial_id, sweep.HEARTBEAT, time.time() - 10)
-    sweep.reap(study, grace=5)
+    storage.set_trial_system_attr(beat.trials[retry.number], sweep.HEARTBEAT, time.time() - 10)
+    sweep.reap(study, storage, grace=5)
     assert sweep.count(study) == sweep.Counts(done=1, failed=1, running=0, waiting=0)  # never twice
     beat.close()
 
 
 def test_non_finite_objectives_and_exceptions_are_fail_with_a_reason_pruned_is_pruned(tmp_path):
-    study = sweep.load_or_create_study(sweep.open_storage(str(tmp_path / "j")), "s", ["minimize"], {})
-    beat = sweep.Heartbeat(study, interval=60, grace=60)
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    study = sweep.load_or_create_study(storage, "s", ["minimize"], {})
+    beat = sweep.Heartbeat(study, storage, interval=60, grace=60)
     outcomes = [{"val_loss": math.inf}, {"val_loss": math.nan}, FloatingPointError("non-finite loss"),
                 optuna.TrialPruned(), {"test_mse": 0.1}, {"val_loss": 0.5}]
-    states = [sweep.record(study, sweep.claim(study, {}, beat), o, ["val_loss"]) for o in outcomes]
+    states = [sweep.record(beat, sweep.claim(beat, {}), o, ["val_loss"]) for o in outcomes]
     beat.close()
     assert states == ["FAIL", "FAIL", "FAIL", "PRUNED", "FAIL", "COMPLETE"]
     reasons = [t.user_attrs.get(sweep.FAIL_REASON, "") for t in study.trials]
@@ -188,10 +398,10 @@ def test_the_job_reports_every_epoch_and_is_pruned_by_the_configured_pruner(tmp_
     spec = {**PRUNERS[pruner], **({"n_startup_trials": 1} if pruner == "median" else {"max_resource": 4})}
     storage = sweep.open_storage(str(tmp_path / "j"))
     study = sweep.load_or_create_study(storage, "s", ["minimize"], {})
-    beat = sweep.Heartbeat(study, interval=60, grace=60)
+    beat = sweep.Heartbeat(study, storage, interval=60, grace=60)
     pruned_at = []
     for curve in ([1.0, 0.5, 0.25, 0.1],) + ([9.0, 9.0, 9.0, 9.0],) * 6:  # one good run, then bad ones
-        trial = sweep.claim(study, {}, beat)
+        trial = sweep.claim(beat, {})
         job = sweep.job_trial(SimpleNamespace(storage=str(tmp_path / "j"), study="s", number=trial.number,
                                               parent_run=None, threads=0, pruner=spec))
         assert job.tags == {"rnnlab.study": "s", "rnnlab.trial": str(trial.number)}
@@ -202,7 +412,7 @@ def test_the_job_reports_every_epoch_and_is_pruned_by_the_configured_pruner(tmp_
         except job.pruned as e:
             outcome = e
             pruned_at.append(epoch)
-        sweep.record(study, trial, outcome, ["val_loss"])
+        sweep.record(beat, trial, outcome, ["val_loss"])
     beat.close()
     assert study.trials[0].intermediate_values == {1: 1.0, 2: 0.5, 3: 0.25, 4: 0.1}
     assert pruned_at and all(e < 4 for e in pruned_at)  # bad runs stopped before their last epoch
@@ -413,6 +623,7 @@ def test_bad_sweep_input_is_one_line_before_any_trial_and_leaves_the_study_alone
     study.enqueue_trial({"x": 1})
     before = journal.read_bytes()
     common = [*SWEEP, "hydra.sweeper.study_name=kept", "hydra.sweeper.n_trials=2"]
+    marker = workdir / "MARKER"
     cases = [
         (["train.lr=interval(1e-2,1e-4)"], "rnnlab: error: train.lr=interval(0.01,0.0001): low > high"),
         (["train.lr=tag(log,interval(0,1e-2))"], "rnnlab: error: train.lr: log scale needs bounds > 0 (got interval(0.0,0.01))"),
@@ -424,12 +635,19 @@ def test_bad_sweep_input_is_one_line_before_any_trial_and_leaves_the_study_alone
         (["train.lr=interval(1e-4,1e-2)"], "rnnlab: error: study 'kept' exists with another search space (differs in train.lr): "
          "re-run its own command to resume it, or use a new hydra.sweeper.study_name"),
         (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:9/none"], "rnnlab: error: storage='postgresql://nobody@127.0.0.1:9/none' cannot be used: "),
+        # Config never reaches an import: each of these would create the marker file if run.
+        ([f"++hydra.sweeper.pruner={{_target_:subprocess.check_output,args:[touch,{marker}]}}"],
+         "rnnlab: error: hydra.sweeper.pruner._target_='subprocess.check_output' is not allowed (allowed: optuna.pruners.MedianPruner, "),
+        ([f"++hydra.launcher.extra={{_target_:pathlib.Path.touch,_args_:[{marker}]}}"],
+         "rnnlab: error: hydra.launcher.extra._target_='pathlib.Path.touch' is not allowed (allowed: plain values; "),
+        (["hydra.sweeper.custom_search_space=subprocess.check_output"],
+         "rnnlab: error: hydra.sweeper.custom_search_space='subprocess.check_output' is not allowed: 'subprocess' is not a module of this project"),
     ]
     for extra, message in cases:
         result = run_cli([*common, *extra], workdir)
         assert result.returncode == 2, (extra, result.stderr[-2000:])
         assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert journal.read_bytes() == before
+    assert journal.read_bytes() == before and not marker.exists()
     assert not (workdir / "outputs" / "multirun").exists() or not any((workdir / "outputs" / "multirun").rglob("config.yaml"))
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import string
 
+import numba
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rnnlab.data import windows
 from rnnlab.data.windows import (
     batchify, gather, gather_reference, stream_chunk, stream_chunk_reference, window_starts,
     window_starts_reference, windows_into, windows_into_reference,
@@ -84,3 +87,66 @@ def test_stream_layout_reproduces_word_language_models_diagram():
     assert ["".join(row) for row in letters[y]] == ["bc", "hi", "no", "tu"]
     stream_chunk(alphabet, begins, 4, x[:, :1], y[:, :1])  # the last step of each stream
     assert ["".join(row) for row in letters[y[:, :1]]] == ["f", "l", "r", "x"]
+
+
+# ------------------------------------------- Numba's internals behind one door: pinned, with a fallback
+
+
+def _fresh(kernel, **options):
+    """The kernel compiled afresh from its Python source: today's module globals, no disk cache."""
+    return numba.njit(nogil=True, **options)(kernel.py_func)
+
+
+def _batch(seed=0, n=5000, features=3, lookback=40, batch=64):
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((n, features)).astype(np.float32)
+    target = rng.standard_normal(n).astype(np.float32)
+    starts = rng.integers(0, n - lookback - 2, batch).astype(np.int64)
+    return values, target, starts, lookback
+
+
+def _gathered(gather, windows_into, values, target, starts, lookback):
+    out_x = np.full((len(starts), lookback, values.shape[1]), np.nan, np.float32)
+    out_y = np.full(len(starts), np.nan, np.float32)
+    gather(values, target, starts, lookback, 2, out_x, out_y)
+    every = np.full_like(out_x, np.nan)
+    windows_into(values, starts, lookback, every)
+    return out_x, out_y, every
+
+
+def test_this_numba_takes_the_fast_pair_and_it_compiles_to_one_memcpy_and_prefetches():
+    # An upgrade that removes or changes an internal the fast pair needs fails here, loudly,
+    # instead of only gathering ~3x slower.
+    assert windows._internals_changed() == []
+    assert windows._copy_run is not windows._copy_run_plain and windows._prefetch is not windows._prefetch_none
+    gather = _fresh(windows.gather)
+    _gathered(gather, windows.windows_into, *_batch())
+    llvm = "".join(gather.inspect_llvm().values())
+    assert "@llvm.memcpy" in llvm and "@llvm.prefetch" in llvm
+
+
+def test_an_internal_that_is_gone_or_has_other_parameters_sends_the_kernels_to_the_plain_pair(monkeypatch):
+    from numba.core import cgutils
+    from numba.core.base import BaseContext
+
+    monkeypatch.setattr(cgutils, "raw_memcpy", lambda builder, dst, src, nbytes: None)
+    monkeypatch.delattr(BaseContext, "get_dummy_value")
+    with pytest.warns(RuntimeWarning, match=r"numba.core.cgutils.raw_memcpy, numba.core.base.BaseContext.get_dummy_value: "
+                                            r"window gathers take a plain copy"):
+        assert windows._fast_primitives() is None
+
+
+def test_the_plain_pair_gives_the_fast_pairs_windows_exactly(monkeypatch):
+    args = _batch(seed=3, lookback=57)
+    fast = _gathered(windows.gather, windows.windows_into, *args)
+    monkeypatch.setattr(windows, "_copy_run", windows._copy_run_plain)
+    monkeypatch.setattr(windows, "_prefetch", windows._prefetch_none)
+    monkeypatch.setattr(windows, "_prefetch_window", numba.njit(inline="always", nogil=True)(windows._prefetch_window.py_func))
+    gather = _fresh(windows.gather)
+    plain = _gathered(gather, _fresh(windows.windows_into, parallel=True), *args)
+    for a, b in zip(fast, plain):
+        np.testing.assert_array_equal(a, b)
+    assert "@llvm.prefetch" not in "".join(gather.inspect_llvm().values())  # the plain pair was what ran
+    ref_x, ref_y = gather_reference(*args[:3], args[3], 2)
+    np.testing.assert_array_equal(plain[0], ref_x)
+    np.testing.assert_array_equal(plain[1], ref_y)

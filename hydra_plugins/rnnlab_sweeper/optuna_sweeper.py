@@ -32,22 +32,23 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # ------------------------------------------------------------------------------------ configs
-# Samplers and pruners are {_target_: class, **kwargs}: swap with hydra/sweeper/sampler=random,
-# tune with hydra.sweeper.sampler.seed=1. The keys listed are the ones worth overriding.
+# Samplers and pruners are {name: <rnnlab.sweep's registry name>, **plain options}: swap with
+# hydra/sweeper/sampler=random, tune with hydra.sweeper.sampler.seed=1. The options listed are
+# the ones worth overriding. The 1.3 plugin's {_target_: optuna.samplers.TPESampler, ...} is
+# still read, for the classes in the registry only (rnnlab.sweep.choice_spec).
 
 SAMPLERS = {
-    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": 0, "n_startup_trials": 10,
+    "tpe": {"name": "tpe", "seed": 0, "n_startup_trials": 10,
             "multivariate": False, "constant_liar": True},  # constant_liar: parallel workers spread out
-    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": 0},
-    "grid": {"_target_": "optuna.samplers.GridSampler", "seed": 0},  # search_space: from params
-    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": 0, "n_startup_trials": 1, "sigma0": None},
-    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": 0, "population_size": 50},
+    "random": {"name": "random", "seed": 0},
+    "grid": {"name": "grid", "seed": 0},  # search_space: from params
+    "cmaes": {"name": "cmaes", "seed": 0, "n_startup_trials": 1, "sigma0": None},
+    "nsgaii": {"name": "nsgaii", "seed": 0, "population_size": 50},
 }
 PRUNERS = {
-    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 1},
-    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1,
-                  "max_resource": "auto", "reduction_factor": 3},
-    "none": {"_target_": "optuna.pruners.NopPruner"},
+    "median": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
+    "hyperband": {"name": "hyperband", "min_resource": 1, "max_resource": "auto", "reduction_factor": 3},
+    "none": {"name": "none"},
 }
 
 
@@ -66,7 +67,7 @@ class OptunaSweeperConf:
     n_jobs: int = 1  # trials launched at once (a parallel launcher runs them side by side)
     params: Optional[dict[str, Any]] = None  # key: choice(...) | range(...) | interval(...) | value
     max_failure_rate: float = 0.25  # of n_trials; more failures stop the sweep
-    custom_search_space: Optional[str] = None  # "module.fn": fn(cfg, trial) suggests more params
+    custom_search_space: Optional[str] = None  # "module.fn", a module of this project: fn(cfg, trial) suggests more params
     # rnnlab's additions:
     objectives: list[str] = field(default_factory=lambda: ["val_loss"])  # keys of the job's return dict
     heartbeat_interval: float = 5.0  # seconds between a worker's beats for its running trials
@@ -165,8 +166,19 @@ class OptunaSweeper(Sweeper):
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from rnnlab.sweep import SweepError, check_plain
+
         self.config = config
         self.hydra_context = hydra_context
+        # Hydra instantiates the launcher recursively: a {_target_: ...} anywhere in its settings
+        # would be imported and called here. Its settings must be plain data; its own class is
+        # Hydra's to check (a registered plugin only).
+        settings = _plain(config.hydra.launcher)
+        try:
+            check_plain({k: v for k, v in settings.items() if k != "_target_"}, "hydra.launcher")
+        except SweepError as e:
+            fail(str(e))
+        self.in_process, self.own_cpus = _launcher_runs(settings)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -175,6 +187,17 @@ class OptunaSweeper(Sweeper):
     def plan(self, arguments: list[str]) -> tuple[list[str], dict[str, Any], DictConfig]:
         """Fixed overrides, the search space and the composed job config; every bad input
         fails here with one line, before the storage is opened."""
+        from rnnlab.sweep import SweepError, build, choice_spec
+
+        try:  # names and plain values only: nothing from these settings is imported or run
+            self.sampler_spec = choice_spec("sampler", self.sampler_spec, "hydra.sweeper.sampler")
+            self.pruner_spec = choice_spec("pruner", self.pruner_spec, "hydra.sweeper.pruner")
+            build("pruner", self.pruner_spec, "hydra.sweeper.pruner")  # its options, before a job needs them
+        except SweepError as e:
+            fail(str(e))
+        if not self.sampler_spec:
+            fail(f"hydra.sweeper.sampler is empty (allowed: hydra/sweeper/sampler={'|'.join(SAMPLERS)})")
+        self.search_function = _user_function(self.custom_search_space) if self.custom_search_space else None
         if len(self.directions) != len(self.objectives):
             fail(f"hydra.sweeper.direction has {len(self.directions)} entries for {len(self.objectives)} "
                  f"objectives {self.objectives}: give one per objective")
@@ -203,10 +226,11 @@ class OptunaSweeper(Sweeper):
                 fixed.append(o.input_line)
             else:
                 space[o.get_key_element()] = d
-        if "GridSampler" in str(self.sampler_spec.get("_target_")):
+        if self.sampler_spec["name"] == "grid":
             continuous = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
             if continuous:
                 fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
+        self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
         job_cfg = self._compose(fixed, space, None)
         for key, d in space.items():  # each choice and each bound, the others at their first value
             for probe in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
@@ -246,13 +270,13 @@ class OptunaSweeper(Sweeper):
         name = self.study_name or _default_name(fixed, space)
         described = {k: repr(d) for k, d in space.items()}
         try:
-            storage = S.open_storage(self.storage_url, repair=True)
-            study = S.load_or_create_study(storage, name, self.directions, described)
+            self.storage = S.open_storage(self.storage_url, repair=True)
+            study = S.load_or_create_study(self.storage, name, self.directions, described)
         except S.SweepError as e:
             fail(str(e))
         before = len(study.trials)  # a resumed study or a later worker: another random stream
-        study = optuna.load_study(study_name=name, storage=storage, sampler=self._sampler(space, before),
-                                  pruner=S.build(self.pruner_spec))
+        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self._sampler(space, before),
+                                  pruner=S.build("pruner", self.pruner_spec, "hydra.sweeper.pruner"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         parent = self._parent_run(study, job_cfg, sweep_dir)
         storage_for_jobs = self.storage_url if self.storage_url and "://" in self.storage_url \
@@ -266,7 +290,7 @@ class OptunaSweeper(Sweeper):
         print(f"rnnlab: study {name!r} in {_where(self.storage_url)}: {S.count(study).done} of {self.n_trials} "
               f"trials done; sweep dir {sweep_dir}", file=sys.stderr)
         status = "FAILED"
-        heartbeat = S.Heartbeat(study, self.heartbeat_interval, self.grace_period)
+        heartbeat = S.Heartbeat(study, self.storage, self.heartbeat_interval, self.grace_period)
         try:
             self._loop(study, space, common, heartbeat)
             status = "FINISHED"
@@ -280,9 +304,9 @@ class OptunaSweeper(Sweeper):
     def _loop(self, study: Any, space: dict[str, Any], common: list[str], heartbeat: Any) -> None:
         from rnnlab import sweep as S
 
-        batch_max = 1 if type(self.launcher).__name__ == "BasicLauncher" else self.n_jobs  # in-process: one by one
+        batch_max = 1 if self.in_process else self.n_jobs  # in this process: one job after another
         while True:
-            S.reap(study, self.grace_period)
+            S.reap(study, self.storage, self.grace_period)
             c = S.count(study)
             if c.failed > self.max_failure_rate * self.n_trials:
                 reasons = [t.user_attrs.get(S.FAIL_REASON, "?") for t in study.trials if t.state.name == "FAIL"]
@@ -295,7 +319,7 @@ class OptunaSweeper(Sweeper):
                     return  # n_trials results, nothing left in flight anywhere
                 time.sleep(min(self.heartbeat_interval, 2.0))  # others' trials: they may die and need a retry
                 continue
-            trials = [S.claim(study, space, heartbeat) for _ in range(size)]
+            trials = [S.claim(heartbeat, space) for _ in range(size)]
             self._run_batch(study, trials, common, heartbeat)
 
     def _run_batch(self, study: Any, trials: list[Any], common: list[str], heartbeat: Any) -> None:
@@ -303,8 +327,8 @@ class OptunaSweeper(Sweeper):
 
         jobs = []
         for slot, trial in enumerate(trials):
-            if self.custom_search_space:
-                _import(self.custom_search_space)(self.config, trial)
+            if self.search_function:
+                self.search_function(self.config, trial)
             params = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
             gpu = [f"++hydra.job.env_set.CUDA_VISIBLE_DEVICES={slot % self.gpus}"] if self.gpus else []
             jobs.append([*common, *params, f"++trial.number={trial.number}", *gpu])
@@ -318,39 +342,38 @@ class OptunaSweeper(Sweeper):
                     outcomes.append(e)
         except KeyboardInterrupt:
             for trial in trials:
-                S.fail_trial(study, trial._trial_id, "interrupted (Ctrl-C)", retry=True)
+                S.fail_trial(study, self.storage, trial.number, "interrupted (Ctrl-C)", retry=True)
             raise
         except BaseException as e:  # a job called sys.exit, or a launcher lost its worker
             reason = f"the job exited (status {e.code})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {_one_line(e)}"
             for trial in trials:
-                S.fail_trial(study, trial._trial_id, reason, retry=len(trials) > 1)
+                S.fail_trial(study, self.storage, trial.number, reason, retry=len(trials) > 1)
             outcomes = []
         self.job_idx += len(trials)
         for trial, outcome in zip(trials, outcomes):
-            state = S.record(study, trial, outcome, self.objectives)
-            heartbeat.trial_ids.discard(trial._trial_id)
+            state = S.record(heartbeat, trial, outcome, self.objectives)
             print(f"rnnlab: trial {trial.number} {state} {trial.params}", file=sys.stderr)
 
     # ---------------------------------------------------------------------------- pieces
     def _sampler(self, space: dict[str, Any], offset: int) -> Any:
-        from rnnlab.sweep import build
+        from rnnlab.sweep import SweepError, build
 
         spec = dict(self.sampler_spec)
         if spec.get("seed") is not None:
             spec["seed"] = int(spec["seed"]) + offset
-        if "GridSampler" in spec["_target_"]:
+        if spec["name"] == "grid":
             spec["search_space"] = {k: (list(d.choices) if hasattr(d, "choices") else
                                         list(_frange(d.low, d.high, d.step))) for k, d in space.items()}
         spec = {k: v for k, v in spec.items() if v is not None or k == "seed"}
         try:
-            return build(spec)
-        except Exception as e:
-            fail(f"hydra.sweeper.sampler: {_one_line(e)}")
+            return build("sampler", spec, "hydra.sweeper.sampler")
+        except SweepError as e:
+            fail(str(e))
 
     def _threads(self) -> int:
         if self.threads_per_trial:
             return self.threads_per_trial
-        if "Slurm" in type(self.launcher).__name__:
+        if self.own_cpus:
             return 0  # a Slurm job gets its own cpus_per_task; torch's default fits them
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // self.n_jobs)
@@ -377,7 +400,9 @@ class OptunaSweeper(Sweeper):
             fail(str(e))
         study.set_user_attr(S.PARENT_RUN, run_id)
         time.sleep(0.1)
-        winner = __import__("optuna").load_study(study_name=study.study_name, storage=study._storage).user_attrs[S.PARENT_RUN]
+        import optuna
+
+        winner = optuna.load_study(study_name=study.study_name, storage=self.storage).user_attrs[S.PARENT_RUN]
         if winner != run_id:  # two workers created one each at once: keep the one the study kept
             tracking.delete_run(uri, run_id)
         return winner
@@ -424,14 +449,43 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
-def _import(path: str) -> Any:
-    import importlib
+def _launcher_runs(settings: dict[str, Any]) -> tuple[bool, bool]:
+    """(in_process, own_cpus) of the configured launcher, read from its settings, since Hydra's
+    launchers declare neither: the basic launcher has no settings at all and runs a batch in
+    this process, one job after another; joblib's (n_jobs) run side by side here; Slurm's
+    (submitit, with a partition) run on nodes of their own, with their own cpus_per_task."""
+    options = set(settings) - {"_target_"}
+    return not options, "partition" in options
 
+
+def _user_function(path: str) -> Any:
+    """hydra.sweeper.custom_search_space: ``module.fn`` where the module is a file of this
+    project (under the current directory), never one of Python's own libraries or an installed
+    package. The module is located without running it, and anything else is refused before it
+    is imported: a config may call the user's own search-space code, and nothing else."""
+    import importlib
+    import importlib.util
+    import sysconfig
+
+    key = f"hydra.sweeper.custom_search_space={path!r}"
+    here = Path.cwd().resolve()
     module, _, name = path.rpartition(".")
+    top = module.partition(".")[0]
+    if not module or not all(part.isidentifier() for part in path.split(".")):
+        fail(f"{key} is not allowed (allowed: module.function, the module a .py file under {here})")
+    spec = importlib.util.find_spec(top)  # a top-level name: located, not run
+    if spec is None:
+        fail(f"{key}: no module {top!r} (allowed: a .py file under {here})")
+    libraries = [Path(p).resolve() for k, p in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    places = [spec.origin] if spec.has_location and spec.origin else list(spec.submodule_search_locations or [])
+    places = [Path(p).resolve() for p in places if os.path.isabs(p)]
+    if not places or not all(p.is_relative_to(here) and not any(p.is_relative_to(lib) for lib in libraries) for p in places):
+        where = ", ".join(map(str, places)) or "built in"
+        fail(f"{key} is not allowed: {top!r} is not a module of this project ({where}; allowed: a .py file under {here})")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        fail(f"hydra.sweeper.custom_search_space={path!r}: {_one_line(e)}")
+    except (ImportError, AttributeError) as e:
+        fail(f"{key}: {_one_line(e)}")
 
 
 def _one_line(error: BaseException) -> str:

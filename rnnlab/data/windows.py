@@ -23,51 +23,120 @@ overrides both.
 """
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
+from numba import types
 from numpy.lib.stride_tricks import sliding_window_view
 
+# ---------------------------------------------------------- Numba's internals, behind one door
+#
+# Two primitives reach below Numba's public API: a window copied as one LLVM memcpy (through
+# numba.core.cgutils and the target context's array model) and a software prefetch (LLVM's raw
+# llvm.prefetch intrinsic). They are built here and nowhere else. Where this Numba lacks the
+# internals they call, or their signatures have changed, the kernels below take the plain pair
+# instead: Numba's own slice copy (3.4x slower) and no prefetch, with a warning. The check reads
+# signatures only: compiling anything at import would cost the ~1 s of Numba's start-up that
+# the first kernel call pays anyway. tests/test_windows.py compiles the kernels and pins that
+# this Numba takes the fast pair, that it is a memcpy and a prefetch, and that the plain pair
+# gives the same windows.
+_INTERNALS = {  # what the fast pair calls, with the parameters it passes
+    ("numba.core.cgutils", "raw_memcpy"): ["builder", "dst", "src", "count", "itemsize", "align"],
+    ("llvmlite.ir", "Module.declare_intrinsic"): ["self", "intrinsic", "tys", "fnty"],
+    ("numba.core.base", "BaseContext.make_array"): ["self", "typ"],
+    ("numba.core.base", "BaseContext.get_abi_sizeof"): ["self", "ty"],
+    ("numba.core.base", "BaseContext.get_data_type"): ["self", "ty"],
+    ("numba.core.base", "BaseContext.get_constant"): ["self", "ty", "val"],
+    ("numba.core.base", "BaseContext.get_dummy_value"): ["self"],
+}
 
-@intrinsic
-def _copy_run(typingctx, dst, dst_start, src, src_start, count):  # noqa: ARG001 (Numba's signature)
-    """dst.flat[dst_start : dst_start + count] = src.flat[src_start : src_start + count], as one
-    LLVM memcpy. Numba's own slice assignment compiles to an element loop that ran 3.4x slower
-    here (3.3 vs 11.3 GB/s on random windows); a window is one contiguous run, so this is exact.
-    Both arrays must be C-contiguous and the ranges in bounds (the callers guarantee it)."""
-    sig = types.void(dst, types.intp, src, types.intp, types.intp)
 
-    def codegen(context, builder, signature, args):
-        out = context.make_array(signature.args[0])(context, builder, args[0])
-        inp = context.make_array(signature.args[2])(context, builder, args[2])
-        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
-        cgutils.raw_memcpy(builder, builder.gep(out.data, [args[1]]), builder.gep(inp.data, [args[3]]),
-                           args[4], context.get_constant(types.intp, itemsize))
-        return context.get_dummy_value()
+def _internals_changed() -> list[str]:
+    """The internals in _INTERNALS that this Numba lacks or has with other parameters."""
+    import importlib
+    import inspect
 
-    return sig, codegen
+    changed = []
+    for (module, name), params in _INTERNALS.items():
+        try:
+            obj = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            same = list(inspect.signature(obj).parameters) == params
+        except (ImportError, AttributeError, TypeError, ValueError):
+            same = False
+        if not same:
+            changed.append(f"{module}.{name}")
+    return changed
 
 
-@intrinsic
-def _prefetch(typingctx, src, index):  # noqa: ARG001 (Numba's signature)
-    """Start loading the cache line that holds src.flat[index] into L2: LLVM's prefetch (read,
-    locality 2: x86 prefetcht1). A hint: nothing waits for it and no address faults. Into L2
-    rather than L1, whose few miss buffers the copy itself needs: prefetching into L1 ran at
-    36 us per batch, into L2 at 22 us (experiments/benchmarks/README.md)."""
-    sig = types.void(src, types.intp)
+def _fast_primitives() -> tuple[Any, Any] | None:
+    """(copy_run, prefetch) built on Numba's internals, or None (with a warning) where this
+    Numba lacks them or has changed them."""
+    changed = _internals_changed()
+    if changed:
+        warnings.warn(f"rnnlab: Numba {numba.__version__} lacks or has changed {', '.join(changed)}: "
+                      "window gathers take a plain copy (~3x slower)", RuntimeWarning, stacklevel=2)
+        return None
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
-    def codegen(context, builder, signature, args):
-        inp = context.make_array(signature.args[0])(context, builder, args[0])
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        # Declared with its pointer type, so the name is mangled for typed (LLVM 14) and
-        # opaque (LLVM 15+) pointers alike.
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-        builder.call(fn, [builder.bitcast(builder.gep(inp.data, [args[1]]), i8p), i32(0), i32(2), i32(1)])
-        return context.get_dummy_value()
+    @intrinsic
+    def copy_run(typingctx, dst, dst_start, src, src_start, count):  # noqa: ARG001 (Numba's signature)
+        """dst.flat[dst_start : dst_start + count] = src.flat[src_start : src_start + count], as
+        one LLVM memcpy. Numba's own slice assignment compiles to an element loop that ran 3.4x
+        slower here (3.3 vs 11.3 GB/s on random windows); a window is one contiguous run, so
+        this is exact. Both arrays must be C-contiguous and the ranges in bounds (the callers
+        guarantee it)."""
+        sig = types.void(dst, types.intp, src, types.intp, types.intp)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            out = context.make_array(signature.args[0])(context, builder, args[0])
+            inp = context.make_array(signature.args[2])(context, builder, args[2])
+            itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+            cgutils.raw_memcpy(builder, builder.gep(out.data, [args[1]]), builder.gep(inp.data, [args[3]]),
+                               args[4], context.get_constant(types.intp, itemsize))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def prefetch(typingctx, src, index):  # noqa: ARG001 (Numba's signature)
+        """Start loading the cache line that holds src.flat[index] into L2: LLVM's prefetch
+        (read, locality 2: x86 prefetcht1). A hint: nothing waits for it and no address faults.
+        Into L2 rather than L1, whose few miss buffers the copy itself needs: prefetching into
+        L1 ran at 36 us per batch, into L2 at 22 us (experiments/benchmarks/README.md)."""
+        sig = types.void(src, types.intp)
+
+        def codegen(context, builder, signature, args):
+            inp = context.make_array(signature.args[0])(context, builder, args[0])
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            # Declared with its pointer type, so the name is mangled for typed (LLVM 14) and
+            # opaque (LLVM 15+) pointers alike.
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+            builder.call(fn, [builder.bitcast(builder.gep(inp.data, [args[1]]), i8p), i32(0), i32(2), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return copy_run, prefetch
+
+
+@numba.njit(inline="always", nogil=True)
+def _copy_run_plain(dst: np.ndarray, dst_start: int, src: np.ndarray, src_start: int, count: int) -> None:
+    """The fallback copy: Numba's own slice assignment."""
+    dst[dst_start : dst_start + count] = src[src_start : src_start + count]
+
+
+@numba.njit(inline="always", nogil=True)
+def _prefetch_none(src: np.ndarray, index: int) -> None:
+    """The fallback prefetch: none (a hint only: the windows are the same without it)."""
+
+
+_copy_run, _prefetch = _fast_primitives() or (_copy_run_plain, _prefetch_none)
 
 
 # ------------------------------------------------------------------------- window starts
