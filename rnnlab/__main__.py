@@ -41,7 +41,7 @@ def _start_writer(argv: list[str]) -> None:
     if "tracking=none" not in argv:
         import atexit
 
-        from rnnlab.tracking import Writer
+        from rnnlab.tracking.writer import Writer
 
         _EARLY_WRITER = Writer()
         atexit.register(_let_go_of_the_writer)  # bad input exits before a job takes it
@@ -268,7 +268,7 @@ def run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozens
     global _EARLY_WRITER
     writer, _EARLY_WRITER = _EARLY_WRITER, None  # started at launch (the first job takes it)
     if config.tracking.enabled:  # else first thing: its MLflow import overlaps the start-up below
-        from rnnlab.tracking import Writer
+        from rnnlab.tracking.writer import Writer
 
         if writer is None:
             writer = Writer(config.tracking.uri)
@@ -292,10 +292,8 @@ def _run(config: Any, output_dir: Path, command: str, secrets: set[str] | frozen
     from rnnlab.data import DATASETS, DataError, Series, Windows, make_windows
     from rnnlab.model import StackedRNN, count_parameters
     from rnnlab.probe import Probe, dh_matrix, save_records, summary_metrics
-    from rnnlab.tracking import (
-        NullTracker, Tracker, TrackingError, check_params, plot_decay, plot_gradient_heatmaps, plot_predictions,
-        ui_command,
-    )
+    from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_predictions
+    from rnnlab.tracking import NullTracker, Tracker, TrackingError, check_params, ui_command
     from rnnlab.train import Interrupted, NonFiniteError, TrainState, fit_ridge, predict, score, train
     from rnnlab.sweep import job_trial
 
@@ -530,7 +528,7 @@ def _resume_point(resume: str | None, flat: dict[str, Any], digest: str, uri: st
     elif not path.is_file():
         path = checkpoint.find(OUTPUTS, run_id=resume)
         if path is None:  # saved before the writer knew the run id: find it by the run's key
-            from rnnlab.tracking import run_key_of
+            from rnnlab.tracking.queries import run_key_of
 
             key = run_key_of(uri, resume)
             path = checkpoint.find(OUTPUTS, run_key=key) if key else None

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 
-from rnnlab.tracking import NullTracker, Sender, Tracker, TrackingError, Writer, check_params
+from rnnlab.tracking import NullTracker, Tracker, TrackingError, check_params
+from rnnlab.tracking.recovery import SPOOL
+from rnnlab.tracking.writer import Sender, Writer
 
 
 def test_a_run_gets_params_metrics_artifacts_and_status(tmp_path):
@@ -54,9 +56,9 @@ def test_metrics_go_in_batches_not_one_call_per_value(tmp_path, monkeypatch):
 def test_an_outage_keeps_order_warns_once_spools_and_replays(tmp_path, monkeypatch, capsys):
     from mlflow.tracking import client as client_module
 
-    import rnnlab.tracking as tracking
+    from rnnlab.tracking import writer
 
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(writer, "RETRY_SECONDS", 0.0)
     original = client_module.MlflowClient.log_batch
     down = {"on": False}
 
@@ -67,7 +69,7 @@ def test_an_outage_keeps_order_warns_once_spools_and_replays(tmp_path, monkeypat
 
     monkeypatch.setattr(client_module.MlflowClient, "log_batch", flaky)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spool = tmp_path / tracking.SPOOL
+    spool = tmp_path / SPOOL
     sender = Sender(uri, "exp", "r", tags={}, spool=str(spool))
     sender.send([("metrics", [("loss", 1.0, 0, 1)])])
     down["on"] = True
@@ -153,7 +155,7 @@ def test_the_writer_sends_every_batch_seconds_not_only_at_finish(tmp_path):
 
 
 def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
-    import rnnlab.tracking as tracking
+    from rnnlab.tracking import writer
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", "r", tags={})
     deadline = time.monotonic() + 60  # the writer lowers its priority once the store is open
@@ -161,7 +163,7 @@ def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     niceness = os.getpriority(os.PRIO_PROCESS, tracker._writer.pid)
-    assert niceness == min(os.getpriority(os.PRIO_PROCESS, 0) + tracking.WRITER_NICENESS, 19)
+    assert niceness == min(os.getpriority(os.PRIO_PROCESS, 0) + writer.WRITER_NICENESS, 19)
     tracker.log_metrics({"loss": 1.0}, 1)
     tracker.finish()
     assert not tracker._writer.is_alive() and tracker._writer.exitcode == 0  # gone, not tearing down
@@ -205,7 +207,7 @@ def test_a_run_that_cannot_be_created_is_an_error_at_finish(tmp_path):
 
 
 def test_reap_marks_runs_with_a_stale_heartbeat_killed_and_leaves_the_rest(tmp_path):
-    from rnnlab.tracking import reap
+    from rnnlab.tracking.recovery import reap
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
