@@ -286,3 +286,27 @@ def test_an_early_writer_connects_to_an_existing_store_and_the_run_goes_there(tm
     assert [(m.step, m.value) for m in history] == [(3, 0.25)]
     assert tracker.writer_cpu_before_open > 0.3  # the import and the connection came before
     assert tracker.writer_cpu_before_open < tracker.writer_cpu_seconds
+
+
+def test_a_spool_left_behind_is_replayed_in_order_then_removed(tmp_path):
+    from rnnlab.tracking.recovery import replay, write_spool
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("exp", artifact_location=tmp_path.as_uri())).info.run_id
+    spool = tmp_path / SPOOL  # what a writer leaves when the store stayed down past its finish
+    write_spool(spool, uri, run_id, [("metrics", [("loss", 2.0, 0, 2)]), ("params", {"depth": "4"}),
+                                     ("metrics", [("loss", 3.0, 0, 3)]), ("status", "KILLED")])
+    assert replay(spool) == 4 and not spool.exists()
+    run = client.get_run(run_id)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(2, 2.0), (3, 3.0)]
+    assert run.data.params == {"depth": "4"} and run.info.status == "KILLED"
+
+
+def test_importing_the_tracking_package_does_not_import_mlflow():
+    # python -m rnnlab imports it at launch to start the writer: MLflow's ~1.4 s belong there.
+    code = ("import sys, rnnlab.tracking, rnnlab.tracking.writer, rnnlab.tracking.recovery, "
+            "rnnlab.tracking.queries, rnnlab.tracking.parent_run; print('mlflow' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

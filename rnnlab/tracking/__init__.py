@@ -11,9 +11,9 @@ of rnnlab that imports MLflow, and only inside functions, so importing it costs 
 
 The training process never talks to the store. ``Tracker`` puts what it is given on a queue;
 a writer process imports MLflow, opens the store, creates the run, and sends what arrived every
-few seconds in batches. So the store's start-up overlaps the job's own, and a slow store does
-not slow the steps. ``NullTracker`` has the same methods and does nothing: the job never
-branches on tracking. Why a process rather than MLflow's own async logging, with the numbers:
+few seconds in batches. So the store's start-up overlaps the job's own, and the steps never wait
+on the store. ``NullTracker`` has the same methods and does nothing: the job never branches on
+tracking. Why a process rather than MLflow's own async logging, with the numbers:
 rnnlab/tracking/writer.py.
 """
 from __future__ import annotations
@@ -35,8 +35,9 @@ __all__ = [
 class Tracker:
     """One MLflow run, fed by the training process, written by a separate writer process.
 
-    A process, not a thread: importing MLflow and opening a store holds the GIL for seconds,
-    which a thread would take from the job's own start-up and first steps. Every method only
+    A process, not a thread (MLflow's async logging is one): importing MLflow and opening a
+    store holds the GIL for seconds, which in-process took 2.4-7 s from the trainer's start-up
+    (rnnlab/tracking/writer.py has the measurement). Every method only
     queues, so training never waits on the store, even while the store is down (the writer
     spools and replays). The writer also outlives a trainer killed with SIGKILL long enough
     to mark the run KILLED. ``run_id`` continues an existing run (resume).
