@@ -65,7 +65,7 @@ def _start_writer(argv: list[str]) -> None:
     if "tracking=none" not in argv:
         import atexit
 
-        from rnnlab.tracking import Writer
+        from rnnlab.tracking.writer import Writer
 
         _EARLY_WRITER = Writer()
         atexit.register(lambda: _EARLY_WRITER is not None and _EARLY_WRITER.close())  # bad input exits first

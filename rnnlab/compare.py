@@ -19,6 +19,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+
+HEADER = ["run", "cell", "depth", "vanishing per layer", "clip rate", "best val loss"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args(argv)
 
-    import numpy as np
-
-    from rnnlab.probe import load_records
-    from rnnlab.tracking import TrackingError, gradient_runs, plot_decay
+    from rnnlab.figures import plot_decay
+    from rnnlab.tracking import TrackingError
+    from rnnlab.tracking.queries import gradient_runs
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -44,28 +47,42 @@ def main(argv: list[str] | None = None) -> int:
             print("rnnlab.compare: error: no run with a gradients.npz artifact matches "
                   f"(experiment {args.experiment!r}, filter {args.filter!r}); runs need probe.every > 0", file=sys.stderr)
             return 2
-        rows, panels = [], {}
-        for run in runs:
-            g = load_records(run["gradients"])
-            last = g["dh"][-1, :, 0]  # (layers, T): the forward direction at the last probe
-            label = run["name"] or run["run_id"][:8]
-            factors = []
-            for layer, norms in enumerate(last):
-                panels.setdefault(layer, {})[label] = norms
-                measured = norms[np.isfinite(norms) & (norms > 0)]
-                factors.append(f"{np.log10(measured[0] / measured[-1]):+.2f}" if len(measured) > 1 else "-")
-            m, p = run["metrics"], run["params"]
-            rows.append([label, p.get("cell.name", "?"), p.get("depth", "?"), " ".join(factors),
-                         f"{m.get('clip_rate', float('nan')):.2f}", f"{m.get('best_val_loss', float('nan')):.5f}"])
+        rows, panels = _rows_and_panels(runs)
 
     args.out.mkdir(parents=True, exist_ok=True)
     figures = [plot_decay(curves, args.out / f"decay_l{layer}.png", f"layer {layer}: ||dL/dh_t|| at the last probe")
                for layer, curves in sorted(panels.items())]
-    header = ["run", "cell", "depth", "vanishing per layer", "clip rate", "best val loss"]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    table = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
-    print(table)
-    page = args.out / "compare.html"
+    widths = [max(len(str(r[i])) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    print("\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [HEADER, *rows]))
+    page = _write_page(args.out / "compare.html", rows, figures)
+    print(f"figures: {', '.join(str(f) for f in figures)}; page: {page}")
+    return 0
+
+
+def _rows_and_panels(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[int, dict[str, Any]]]:
+    """One table row per run, and per layer the decay curve of each run's last probe (the
+    forward direction): {layer: {run label: (T,) norms}}."""
+    import numpy as np
+
+    from rnnlab.probe import load_records
+
+    rows, panels = [], {}
+    for run in runs:
+        last = load_records(run["gradients"])["dh"][-1, :, 0]  # (layers, T) at the last probe
+        label = run["name"] or run["run_id"][:8]
+        factors = []
+        for layer, norms in enumerate(last):
+            panels.setdefault(layer, {})[label] = norms
+            measured = norms[np.isfinite(norms) & (norms > 0)]
+            factors.append(f"{np.log10(measured[0] / measured[-1]):+.2f}" if len(measured) > 1 else "-")
+        m, p = run["metrics"], run["params"]
+        rows.append([label, p.get("cell.name", "?"), p.get("depth", "?"), " ".join(factors),
+                     f"{m.get('clip_rate', float('nan')):.2f}", f"{m.get('best_val_loss', float('nan')):.5f}"])
+    return rows, panels
+
+
+def _write_page(page: Path, rows: list[list[Any]], figures: list[Path]) -> Path:
+    """The table and the figures in one self-contained HTML file (images inlined)."""
     images = "".join(
         f'<img alt="{f.name}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}"><br>' for f in figures
     )
@@ -73,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     page.write_text(
         "<!doctype html><meta charset='utf-8'><title>rnnlab: gradient comparison</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style>"
-        f"<h1>Gradient decay: {len(rows)} run(s)</h1><table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{cells}</table>"
+        f"<h1>Gradient decay: {len(rows)} run(s)</h1><table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{cells}</table>"
         f"{images}"
     )
-    print(f"figures: {', '.join(str(f) for f in figures)}; page: {page}")
-    return 0
+    return page
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     args = parser.parse_args(argv)
 
-    from rnnlab.tracking import SPOOL, reap, replay
+    from rnnlab.tracking.recovery import SPOOL, reap, replay
 
     if args.replay:
         for spool in sorted(args.outputs.glob(f"**/{SPOOL}")):

@@ -186,7 +186,7 @@ def run(
     if config.allocator == "tuned":
         runtime.tune_allocator()
     if config.tracking.enabled:  # first: its MLflow import overlaps the start-up below
-        from rnnlab.tracking import Writer
+        from rnnlab.tracking.writer import Writer
 
         if writer is None:
             writer = Writer(config.tracking.uri)
@@ -403,7 +403,7 @@ class _Run:
             self.tracker.log_artifact(self.output_dir / name)
 
     def _plot_predictions(self) -> str:
-        from rnnlab.tracking import plot_predictions
+        from rnnlab.figures import plot_predictions
         from rnnlab.train import predict
 
         data, d, c = self.p.data, self.config.data, self.config
@@ -421,7 +421,7 @@ class _Run:
         return "predictions.png"
 
     def _gradient_artifacts(self) -> list[str]:
-        from rnnlab.tracking import plot_decay, plot_gradient_heatmaps
+        from rnnlab.figures import plot_decay, plot_gradient_heatmaps
         from rnnlab.probe import dh_matrix, save_records
 
         records = self.probe.records
@@ -564,7 +564,7 @@ def _checkpoint_path(resume: str, digest: str, uri: str) -> Path | None:
         return path
     found = checkpoint.find(OUTPUTS, run_id=resume)
     if found is None and uri:  # saved before the writer knew the run id: find it by the run's key
-        from rnnlab.tracking import run_key_of
+        from rnnlab.tracking.queries import run_key_of
 
         key = run_key_of(uri, resume)
         found = checkpoint.find(OUTPUTS, run_key=key) if key else None

@@ -383,7 +383,7 @@ class OptunaSweeper(Sweeper):
         if not OmegaConf.select(job_cfg, "tracking.enabled", default=False):
             return None
         from rnnlab import sweep as S
-        from rnnlab import tracking
+        from rnnlab.tracking import parent_run as tracking
 
         uri, experiment = str(job_cfg.tracking.uri), str(job_cfg.tracking.experiment)
         self.tracking = (uri, experiment)
@@ -416,7 +416,7 @@ class OptunaSweeper(Sweeper):
               + (f"; best {self.objectives[0]}={best:.5g} with {result['best_params']}" if best is not None else ""),
               file=sys.stderr)
         if parent:
-            from rnnlab import tracking
+            from rnnlab.tracking import parent_run as tracking
 
             metrics = {f"best_{self.objectives[0]}": best} if best is not None else {}
             metrics.update({f"trials_{k}": v for k, v in result["counts"].items() if v})

@@ -1,0 +1,77 @@
+"""Reading runs back: the runs ``python -m rnnlab.compare`` overlays, and the run a resume
+continues (found by the trainer's own key, ``rnnlab.run_key``, which a checkpoint carries
+even when it was saved before MLflow had given the run an id)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from rnnlab.tracking.store import TrackingError, local_store_dir, one_line, quiet_mlflow
+
+
+def find_run(client: Any, run_key: str) -> str | None:
+    """The run tagged with the trainer's own key (``rnnlab.run_key``), in any experiment."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.`rnnlab.run_key` = '{run_key}'", max_results=1) if ids else []
+    return runs[0].info.run_id if runs else None
+
+
+def run_key_of(uri: str, run_id: str) -> str | None:
+    """The trainer's key of an MLflow run (to find its checkpoint), or None. Never creates a
+    store: asking about a run in a store that does not exist yet answers None."""
+    store = local_store_dir(uri)
+    if store is not None and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(uri).get_run(run_id).data.tags.get("rnnlab.run_key")
+    except Exception:
+        return None
+
+
+def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -> list[dict[str, Any]]:
+    """Runs of ``experiment`` matching an MLflow filter string, each with its gradient artifact
+    downloaded into ``folder`` (runs without one are skipped). Reads artifacts, not metric
+    histories: one file per run instead of one query per metric."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
+    mlflow_filter, wanted = _split_param_in(filter_string)
+    try:
+        runs = client.search_runs([found.experiment_id], filter_string=mlflow_filter, max_results=1000)
+    except MlflowException as e:
+        raise TrackingError(f"--filter {filter_string!r}: {one_line(e)}") from None
+    out = []
+    for run in runs:
+        if not all(run.data.params.get(k) in values for k, values in wanted.items()):
+            continue
+        target = Path(folder) / run.info.run_id
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            local = client.download_artifacts(run.info.run_id, "gradients.npz", str(target))
+        except Exception:  # a run without a probe has no gradients.npz
+            continue
+        out.append({"run_id": run.info.run_id, "name": run.info.run_name, "params": run.data.params,
+                    "metrics": run.data.metrics, "gradients": Path(local)})
+    return out
+
+
+def _split_param_in(filter_string: str) -> tuple[str, dict[str, set[str]]]:
+    """MLflow's stores reject IN on params, so those clauses are taken out and applied here:
+    ``"params.cell IN ('rnn', 'lstm') and metrics.x < 1"`` -> ``("metrics.x < 1", {"cell": {"rnn", "lstm"}})``."""
+    kept: list[str] = []
+    wanted: dict[str, set[str]] = {}
+    for clause in re.split(r"\s+and\s+", filter_string, flags=re.IGNORECASE):
+        match = re.fullmatch(r"params\.`?([^`\s]+)`?\s+IN\s*\((.*)\)", clause.strip(), flags=re.IGNORECASE)
+        if match:
+            wanted[match.group(1)] = set(re.findall(r"'([^']*)'", match.group(2)))
+        elif clause.strip():
+            kept.append(clause.strip())
+    return " and ".join(kept), wanted

@@ -1,0 +1,145 @@
+"""What every part of rnnlab.tracking knows about an MLflow store: the one error rnnlab raises
+for it, what one call may carry, where a local store lives, the cheap checks that it can
+work, and how one unit of rnnlab's work becomes one MLflow call.
+
+A unit of work is a ``(kind, payload)`` pair, as the trainer queues it, the writer sends it
+and a spool file keeps it (JSON, so payloads are plain lists and dicts):
+
+    ("metrics",  [(key, value, timestamp_ms, step), ...])
+    ("params",   {key: value})                 # strings; MLflow params are write-once
+    ("tags",     {key: value})
+    ("artifact", (local_path, artifact_path))
+    ("status",   "FINISHED" | "FAILED" | "KILLED")
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlparse
+
+MAX_METRICS_PER_CALL = 1000  # MLflow's limit for one log_batch
+MAX_PARAMS_PER_CALL = 100
+MAX_PARAM_LENGTH = 6000  # MLflow rejects (or, on some stores, truncates) longer values
+
+Work = tuple[str, Any]
+T = TypeVar("T")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be reached or refused the run; one line for the user."""
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Refuse what MLflow would silently truncate, before anything is written."""
+    for key, value in params.items():
+        if len(str(value)) > MAX_PARAM_LENGTH:
+            raise TrackingError(
+                f"param {key!r} is {len(str(value))} characters long (MLflow allows {MAX_PARAM_LENGTH})"
+            )
+
+
+def local_store_dir(uri: str) -> Path | None:
+    """The folder of a local SQLite store (``sqlite:///outputs/mlflow.db`` -> outputs), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return None
+
+
+def check_reachable(uri: str, create: bool = False) -> None:
+    """Cheap checks that fail fast, before training, on a store that cannot work: a local
+    store's folder must be writable (``create``: and is made now, as a run or a sweep opens
+    it; without, nothing is created, so a run refused later leaves nothing behind), a server
+    must accept a connection. Opening the store and creating the run happen in the writer."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    store = local_store_dir(uri)
+    if store is not None:
+        existing = next(p for p in [store.absolute(), *store.absolute().parents] if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({str(existing)!r} is not a writable folder)")
+        if create:
+            try:
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({e.strerror})") from None
+    elif uri.startswith(("http://", "https://")):
+        url = urlparse(uri)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=3).close()
+        except OSError as e:
+            raise TrackingError(f"tracking.uri={uri!r}: cannot connect to {url.hostname}:{port} ({e})") from None
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {uri}" if uri.startswith(("sqlite:", "postgresql", "mysql")) else uri
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short line (MLflow's messages span lines and quote whole requests)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:300]
+
+
+def quiet_mlflow() -> None:
+    """Import MLflow, then silence its INFO lines ("Creating initial MLflow database tables...")."""
+    import logging
+
+    import mlflow  # noqa: F401  (it configures its loggers on import; override after)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def opening(first_call: Callable[[], T], attempts: int = 10) -> T:
+    """The first call on a store, retried: processes that open a brand-new SQLite store at once
+    race to create its tables ("table ... already exists"); the loser waits for the winner."""
+    for attempt in range(attempts):
+        try:
+            return first_call()
+        except Exception as e:
+            if "already exists" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt * 0.5)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def batched(work: list[Work]) -> list[Work]:
+    """Merge consecutive metrics into calls of at most 1,000; split params into 100s; the rest
+    one call each, in order."""
+    out: list[Work] = []
+    for kind, payload in work:
+        if kind == "metrics" and out and out[-1][0] == "metrics" and len(out[-1][1]) + len(payload) <= MAX_METRICS_PER_CALL:
+            out[-1] = ("metrics", out[-1][1] + list(payload))
+        elif kind == "metrics":
+            payload = list(payload)
+            out += [("metrics", payload[i : i + MAX_METRICS_PER_CALL]) for i in range(0, len(payload), MAX_METRICS_PER_CALL)]
+        elif kind == "params":
+            items = list(payload.items())
+            out += [("params", dict(items[i : i + MAX_PARAMS_PER_CALL])) for i in range(0, len(items), MAX_PARAMS_PER_CALL)]
+        else:
+            out.append((kind, payload))
+    return out
+
+
+def send(client: Any, run_id: str, kind: str, payload: Any) -> None:
+    """One unit of work (already ``batched``), as one MLflow call."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in payload])
+    elif kind == "params":
+        client.log_batch(run_id, params=[Param(k, v) for k, v in payload.items()])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in payload.items()])
+    elif kind == "artifact":
+        path, artifact_path = payload
+        client.log_artifact(run_id, path, artifact_path)
+    elif kind == "status":
+        client.set_terminated(run_id, payload)

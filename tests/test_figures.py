@@ -1,0 +1,54 @@
+"""The figures: each writes a PNG, and drawing them leaves matplotlib's global state alone."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_predictions
+
+PNG = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _draw_all(folder: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    t = np.arange(48)
+    dh = rng.uniform(1e-6, 1.0, size=(5, 2, 1, 48))  # probes x layers x directions x T
+    dh[0, 0, 0, :3] = np.nan  # not measured
+    return [
+        plot_predictions(t, np.sin(t / 5), {"model": np.sin(t / 5) + 0.1, "persistence": np.sin((t - 1) / 5)},
+                         folder / "predictions.png", "a title", unit="°C"),
+        plot_gradient_heatmaps(dh, [10, 20, 30, 40, 50], folder / "heatmaps.png"),
+        plot_decay({"layer 0": dh[-1, 0, 0], "layer 1": dh[-1, 1, 0]}, folder / "decay.png", "decay"),
+    ]
+
+
+def test_each_figure_is_a_png_file(tmp_path):
+    for path in _draw_all(tmp_path):
+        assert path.read_bytes()[:8] == PNG, path
+
+
+def test_drawing_keeps_the_users_backend_and_never_imports_pyplot(tmp_path):
+    # A fresh interpreter: this test session may have imported pyplot already. The backend is
+    # one a notebook might have chosen ("svg" stands in for it), set without importing pyplot;
+    # the old code's matplotlib.use("Agg") would have switched it.
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(ROOT)!r})
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import matplotlib
+matplotlib.use("svg")
+from pathlib import Path
+from test_figures import _draw_all
+paths = _draw_all(Path({str(tmp_path)!r}))
+print(json.dumps({{"backend": matplotlib.get_backend(), "pyplot": "matplotlib.pyplot" in sys.modules,
+                   "pngs": [p.read_bytes()[:8] == {PNG!r} for p in paths]}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {"backend": "svg", "pyplot": False, "pngs": [True, True, True]}
