@@ -276,6 +276,12 @@ def _check_together(cfg: Config) -> None:
             f"data.val_fraction + data.test_fraction = {cfg.data.val_fraction + cfg.data.test_fraction:g} "
             "leaves no training data (allowed: a sum < 1)"
         )
+    from rnnlab.sweep import SweepError, choice_spec  # imports no Optuna: a registry name, plain values
+
+    try:
+        choice_spec("pruner", cfg.trial.pruner, "trial.pruner")  # never a class to import from config
+    except SweepError as e:
+        raise ConfigError(str(e)) from None
     needed = {"csv": ("path", "target"), "jena": ("path",), "char_lm": ("path",)}
     for key in needed.get(cfg.data.name, ()):
         if not cfg.data.options.get(key):

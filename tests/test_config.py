@@ -133,6 +133,8 @@ def test_config_cannot_instantiate_arbitrary_classes():
         validate(composed("+cell._target_=os.system"))
     with pytest.raises(ConfigError, match=r"unknown key '_target_'"):
         validate(composed("+_target_=subprocess.call"))
+    with pytest.raises(ConfigError, match=r"trial.pruner._target_='subprocess.check_output' is not allowed"):
+        validate(composed("++trial.pruner={_target_:subprocess.check_output,args:[echo,x]}"))
 
 
 def test_secrets_are_redacted_but_nothing_else():
