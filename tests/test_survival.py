@@ -137,9 +137,9 @@ def test_a_multirun_with_failing_jobs_finishes_the_others_and_reports(workdir):
 
 
 def test_twenty_runs_started_at_once_get_twenty_folders(workdir):
-    # Each job stops on a missing data file right after Hydra made its folder: cheap, and the
-    # folder is what is tested.
-    args = [sys.executable, "-m", "rnnlab", "data=csv", "data.path=missing.csv", "data.target=x", "tracking=none"]
+    # Each job diverges on its first step, just after Hydra made its folder: cheap, and the
+    # folder is what is tested (bad input is refused before any folder exists).
+    args = [sys.executable, "-m", "rnnlab", *TINY, *DIVERGES, "train.lr=1e12", "probe.every=0", "tracking=none"]
     procs = [subprocess.Popen(args, cwd=workdir, stderr=subprocess.DEVNULL) for _ in range(20)]
     assert all(p.wait(timeout=300) == 2 for p in procs)
     folders = list(workdir.glob("outputs/runs/*/*"))

@@ -187,6 +187,21 @@ class OptunaSweeper(Sweeper):
     def plan(self, arguments: list[str]) -> tuple[list[str], dict[str, Any], DictConfig]:
         """Fixed overrides, the search space and the composed job config; every bad input
         fails here with one line, before the storage is opened."""
+        self._check_settings()
+        fixed, space = self._parse(arguments)
+        if self.sampler_spec["name"] == "grid":
+            continuous = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
+            if continuous:
+                fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
+        self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
+        job_cfg = self._compose(fixed, space, None)
+        for key, d in space.items():  # each choice and each bound, the others at their first value
+            for probe in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
+                self._compose(fixed, space, (key, probe))
+        return fixed, space, job_cfg
+
+    def _check_settings(self) -> None:
+        """The sweeper's own keys (hydra.sweeper.*), one line for the first bad one."""
         from rnnlab.sweep import SweepError, build, choice_spec
 
         try:  # names and plain values only: nothing from these settings is imported or run
@@ -210,6 +225,9 @@ class OptunaSweeper(Sweeper):
             fail(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} is out of range (allowed: 0..1)")
         if any(o.startswith("test") for o in self.objectives):
             fail(f"hydra.sweeper.objectives={self.objectives}: never optimise on the test split (use val_loss)")
+
+    def _parse(self, arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """The command's and the config's overrides: fixed ones, and the search space's distributions."""
         parser = OverridesParser.create()
         lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         try:
@@ -226,16 +244,7 @@ class OptunaSweeper(Sweeper):
                 fixed.append(o.input_line)
             else:
                 space[o.get_key_element()] = d
-        if self.sampler_spec["name"] == "grid":
-            continuous = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
-            if continuous:
-                fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
-        self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
-        job_cfg = self._compose(fixed, space, None)
-        for key, d in space.items():  # each choice and each bound, the others at their first value
-            for probe in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
-                self._compose(fixed, space, (key, probe))
-        return fixed, space, job_cfg
+        return fixed, space
 
     def _compose(self, fixed: list[str], space: dict[str, Any], probe: Optional[tuple[str, Any]]) -> DictConfig:
         from rnnlab.sweep import SweepError, check_job
