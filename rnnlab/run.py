@@ -15,6 +15,7 @@ only the glue between Hydra's jobs and this function.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -141,18 +142,12 @@ def build_model(config: Config, data: Any, device: Any = None) -> Any:
 
     from rnnlab.model import StackedRNN
 
-    with torch.device(device) if device is not None else _nothing():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return StackedRNN(
             config.cell.name, data.n_features, config.hidden_size, config.depth,
             output_size=data.task.n_outputs, many_to_many=data.task.many_to_many,
             dropout=config.dropout, bidirectional=config.bidirectional, **config.cell.options,
         )
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def run(

@@ -33,7 +33,7 @@ def test_each_figure_is_a_png_file(tmp_path):
 
 
 def test_drawing_keeps_the_users_backend_and_never_imports_pyplot(tmp_path):
-    # A fresh interpreter: this test session may have imported pyplot already. The backend is
+    # A fresh interpreter: this pytest process may have imported pyplot already. The backend is
     # one a notebook might have chosen ("svg" stands in for it), set without importing pyplot;
     # the old code's matplotlib.use("Agg") would have switched it.
     code = f"""
