@@ -78,6 +78,7 @@ class Prepared:
     device: Any  # torch.device
     resume: dict[str, Any] | None  # the checkpoint payload to continue from
     n_params: int
+    secrets: frozenset[str] = frozenset()  # the keys redacted in ``flat``
 
 
 def prepare(config: Config, secrets: frozenset[str] | set[str] = frozenset(), cache: dict[str, Any] | None = None) -> Prepared:
@@ -109,7 +110,7 @@ def prepare(config: Config, secrets: frozenset[str] | set[str] = frozenset(), ca
             check_reachable(config.tracking.uri)
     except (ConfigError, DataError, TrackingError, ValueError) as e:
         raise RunError(str(e)) from None
-    return Prepared(config, flat, digest, data, device, resume, n_params)
+    return Prepared(config, flat, digest, data, device, resume, n_params, frozenset(secrets))
 
 
 _CACHED_DATASETS = 4  # a grid over many datasets keeps only the last few loaded
@@ -174,7 +175,9 @@ def run(
 
     hooks = hooks or Hooks()
     launched = time.perf_counter() if launched is None else launched
-    prepared = prepared or prepare(config, secrets)
+    if prepared is None or prepared.secrets != frozenset(secrets):  # params and hash must be redacted alike
+        cache = {} if prepared is None else {_key("data", config.data): prepared.data}
+        prepared = prepare(config, secrets, cache=cache)
     output_dir = Path(output_dir) if output_dir is not None else new_output_dir()
     output_dir.mkdir(parents=True, exist_ok=True)
     command = command or "python -m rnnlab"
