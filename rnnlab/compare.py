@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 
-HEADER = ["run", "cell", "depth", "vanishing per layer", "clip rate", "best val loss"]
+HEADER = ["run", "cell", "depth", "vanishing per layer", "decay rate (R²) per layer", "top Lyapunov exponent per layer",
+          "clip rate", "best val loss"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,23 +62,36 @@ def main(argv: list[str] | None = None) -> int:
 
 def _rows_and_panels(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[int, dict[str, Any]]]:
     """One table row per run, and per layer the decay curve of each run's last probe (the
-    forward direction): {layer: {run label: (T,) norms}}."""
+    forward direction): {layer: {run label: (T,) log10 norms}}. Per layer the row gives the
+    vanishing factor, the fitted decay rate (decades per step) with its R^2 and the top
+    Lyapunov exponent (ln per step; its log10 is comparable with the rate)."""
     import numpy as np
 
-    from rnnlab.probe import load_records
+    from rnnlab.probe import decay_fit, load_records
 
     rows, panels = [], {}
     for run in runs:
-        last = load_records(run["gradients"])["dh"][-1, :, 0]  # (layers, T) at the last probe
-        label = run["name"] or run["run_id"][:8]
-        factors = []
-        for layer, norms in enumerate(last):
-            panels.setdefault(layer, {})[label] = norms
-            measured = norms[np.isfinite(norms) & (norms > 0)]
-            factors.append(f"{np.log10(measured[0] / measured[-1]):+.2f}" if len(measured) > 1 else "-")
+        arrays = load_records(run["gradients"])
+        if "log_dh" in arrays:
+            last = arrays["log_dh"][-1, :, 0]  # (layers, T) at the last probe
+        else:  # a run from before log-norms
+            with np.errstate(divide="ignore"):
+                last = np.log10(arrays["dh"][-1, :, 0])
+        lyapunov = arrays.get("lyapunov")
+        top = lyapunov[-1, :, 0] if lyapunov is not None and lyapunov.ndim == 3 and len(lyapunov) else None
+        label = f"{run['name'] or 'run'} ({run['run_id'][:8]})"  # runs of one name stay apart
+        factors, rates, exponents = [], [], []
+        for layer, log in enumerate(last):
+            panels.setdefault(layer, {})[label] = log
+            measured = log[np.isfinite(log)]
+            factors.append(f"{measured[0] - measured[-1]:+.2f}" if len(measured) > 1 else "-")
+            rate, r2 = decay_fit(log)
+            rates.append(f"{rate:+.3f} ({r2:.2f})" if np.isfinite(rate) else "-")
+            exponents.append(f"{top[layer]:+.3f}" if top is not None and np.isfinite(top[layer]) else "-")
         m, p = run["metrics"], run["params"]
-        rows.append([label, p.get("cell.name", "?"), p.get("depth", "?"), " ".join(factors),
-                     f"{m.get('clip_rate', float('nan')):.2f}", f"{m.get('best_val_loss', float('nan')):.5f}"])
+        rows.append([label, p.get("cell.name", "?"), p.get("depth", "?"), " ".join(factors), " ".join(rates),
+                     " ".join(exponents), f"{m.get('clip_rate', float('nan')):.2f}",
+                     f"{m.get('best_val_loss', float('nan')):.5f}"])
     return rows, panels
 
 

@@ -40,44 +40,84 @@ def plot_predictions(
     return path
 
 
-def plot_gradient_heatmaps(dh: Any, steps: Any, path: Path) -> Path:
+def plot_gradient_heatmaps(log_dh: Any, steps: Any, path: Path, title: str = "") -> Path:
     """log10 ||dL/dh^l_t|| as layer x time images at the first, middle and last probe of a
-    run (dh: probes x layers x directions x T). Time runs left to right; the loss is at the
-    right edge, so vanishing shows as a fade to the left."""
-    picks = sorted({0, len(dh) // 2, len(dh) - 1})
-    fig = _figure(figsize=(10, 1.2 + 0.9 * dh.shape[1] * dh.shape[2] * len(picks)))
+    run (log_dh: probes x layers x directions x T, as the probe records it). Time runs left to
+    right; the loss is at the right edge, so vanishing shows as a fade to the left. Steps no
+    gradient reaches (-inf: before a truncation window) are left blank."""
+    picks = sorted({0, len(log_dh) // 2, len(log_dh) - 1})
+    fig = _figure(figsize=(10, 1.4 + 0.9 * log_dh.shape[1] * log_dh.shape[2] * len(picks)))
     axes = fig.subplots(len(picks), 1, squeeze=False)
-    with np.errstate(divide="ignore"):
-        logs = np.log10(dh)
-    finite = logs[np.isfinite(logs)]
+    finite = log_dh[np.isfinite(log_dh)]
     low, high = (finite.min(), finite.max()) if finite.size else (-1, 0)
-    labels = [f"l{l}{'←' if d else ''}" for l in range(dh.shape[1]) for d in range(dh.shape[2])]
+    labels = [f"layer {l}{' (backward)' if d else ''}" for l in range(log_dh.shape[1]) for d in range(log_dh.shape[2])]
     for ax, p in zip(axes[:, 0], picks):
-        rows = logs[p].reshape(-1, logs.shape[-1])  # (layers x directions, T)
-        image = ax.imshow(rows, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        rows = np.where(np.isfinite(log_dh[p]), log_dh[p], np.nan).reshape(-1, log_dh.shape[-1])  # (layers x directions, T)
+        image = ax.imshow(rows, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest", origin="lower")
         ax.set_yticks(range(len(labels)), labels)
-        ax.set_title(f"log10 ||dL/dh|| at step {int(steps[p])}")
-        fig.colorbar(image, ax=ax, fraction=0.03)
+        ax.set_ylabel("layer (0: bottom)")
+        ax.set_title(f"{title + ': ' if title else ''}log10 ||dL/dh|| at step {int(steps[p])}")
+        fig.colorbar(image, ax=ax, fraction=0.03, label="log10 ||dL/dh_t||")
     axes[-1, 0].set_xlabel("time step t in the window (the loss is at the right)")
     fig.savefig(path, dpi=100)
     return path
 
 
-def plot_decay(curves: dict[str, Any], path: Path, title: str) -> Path:
-    """||dL/dh_t|| against the distance from the loss (log scale), one line per entry of
-    ``curves`` (label -> (T,) norms at t = 0..T-1). Geometric vanishing is a straight line down."""
+def plot_decay(curves: dict[str, Any], path: Path, title: str, bands: dict[str, tuple[Any, Any]] | None = None) -> Path:
+    """log10 ||dL/dh_t|| against the distance from the loss, one line per entry of ``curves``
+    (label -> (T,) log10 norms at t = 0..T-1), with the band between the batch's 10th and 90th
+    percentiles where ``bands`` has the label, and the fitted decay line with its rate (decades
+    per step) and R^2 in the legend. Geometric vanishing is a straight line down. The axis is
+    log10 itself, not a log scale: the values can lie below float64's range."""
+    from rnnlab.probe import decay_fit
+
     fig = _figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    for label, norms in curves.items():
-        norms = np.asarray(norms, dtype=float)
-        distance = np.arange(len(norms))[::-1]  # T-1 .. 0
-        keep = np.isfinite(norms) & (norms > 0)
-        ax.plot(distance[keep], norms[keep], marker=".", ms=3, lw=1.2, label=label)
-    ax.set_yscale("log")
+    for (label, log), color in zip(curves.items(), _colors(len(curves))):
+        log = np.asarray(log, dtype=float)
+        distance = np.arange(len(log))[::-1]  # T-1 .. 0
+        keep = np.isfinite(log)
+        rate, r2 = decay_fit(log)
+        fitted = f"; rate {rate:.3g}/step, R² {r2:.2f}" if np.isfinite(rate) else ""
+        ax.plot(distance[keep], log[keep], marker=".", ms=3, lw=1.2, color=color, label=f"{label}{fitted}")
+        if bands and label in bands:
+            low, high = (np.asarray(b, dtype=float) for b in bands[label])
+            both = keep & np.isfinite(low) & np.isfinite(high)
+            ax.fill_between(distance[both], low[both], high[both], color=color, alpha=0.2, lw=0)
+        if np.isfinite(rate):
+            d = distance[keep]
+            intercept = np.mean(log[keep] - rate * d)
+            ax.plot(d, intercept + rate * d, ls="--", lw=0.9, color=color)
     ax.set_xlabel("distance from the loss (time steps)")
-    ax.set_ylabel("||dL/dh_t|| (batch mean)")
+    ax.set_ylabel("log10 ||dL/dh_t|| (batch mean; band: 10th-90th percentile)" if bands else "log10 ||dL/dh_t|| (batch mean)")
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_lyapunov(spectra: dict[str, Any], path: Path, title: str) -> Path:
+    """The top k Lyapunov exponents (ln per step) of each layer, one line per entry (label ->
+    (k,)): above 0 the layer's dynamics expand a direction (gradients can explode), below 0
+    every direction contracts (they vanish)."""
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for (label, exponents), color in zip(spectra.items(), _colors(len(spectra))):
+        exponents = np.asarray(exponents, dtype=float)
+        ax.plot(np.arange(1, len(exponents) + 1), exponents, marker="o", color=color, label=label)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("exponent index i (largest first)")
+    ax.set_ylabel("Lyapunov exponent λ_i (ln per step)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _colors(n: int) -> list[Any]:
+    """One colour per line, the same for the same position in every panel."""
+    from matplotlib import colormaps
+
+    return [colormaps["tab10"](i % 10) for i in range(n)]

@@ -420,14 +420,17 @@ class _Run:
 
     def _gradient_artifacts(self) -> list[str]:
         from rnnlab.figures import plot_decay, plot_gradient_heatmaps
-        from rnnlab.probe import dh_matrix, save_records
+        from rnnlab.probe import log_dh_matrix, save_records
 
         records = self.probe.records
         save_records(records, self.output_dir / "gradients.npz")
-        plot_gradient_heatmaps(dh_matrix(records), [r.step for r in records], self.output_dir / "gradient_heatmaps.png")
+        plot_gradient_heatmaps(log_dh_matrix(records), [r.step for r in records],
+                               self.output_dir / "gradient_heatmaps.png", self.name)
         last = records[-1]
-        plot_decay({f"layer {l}": last.dh[l, 0] for l in range(last.dh.shape[0])}, self.output_dir / "gradient_decay.png",
-                   f"{self.name}: ||dL/dh_t|| at step {last.step}")
+        layers = range(last.log_dh.shape[0])
+        plot_decay({f"layer {l}": last.log_dh[l, 0] for l in layers}, self.output_dir / "gradient_decay.png",
+                   f"{self.name}: ||dL/dh_t|| at step {last.step}",
+                   bands={f"layer {l}": (last.log_dh_p10[l, 0], last.log_dh_p90[l, 0]) for l in layers})
         return ["gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"]
 
     def _stopped(self, stop: Any) -> Stopped:

@@ -282,13 +282,13 @@ def train(
         for batch, (xb, yb) in itertools.islice(batches, run.batch, n_batches):
             for x, y in chunks(xb.to(device), yb.to(device), chunk):  # one chunk unless a sequence is cut
                 state = detached(state)  # truncated BPTT: the state carries on, its graph is cut here
-                probed = probe is not None and probe.due(run.step + 1)
+                probed = probe is not None and probe.due(run.step)  # step 0: the initial weights
                 out, state = forward(model, x, state, carry, truncation, run=probe.scan if probed else None)
                 loss = task_loss(out, y, task)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if probed:  # before clipping, which rescales the gradients in place
-                    on_probe(probe.record(model, run.step + 1, max_norm, length=x.size(1)))
+                    on_probe(probe.record(model, run.step, max_norm, length=x.size(1)))
                 run.step += 1
                 _clip_and_step(optimizer, params, loss, max_norm, sums, cfg.on_nonfinite, run.step, epoch)
             if not task.stateful_stream:

@@ -44,7 +44,8 @@ def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(workdir, args,
         assert logged["test_bpc"] == pytest.approx(logged["test_loss"] / math.log(2))
     if "test_wrong" in logged:
         assert 0 <= logged["test_wrong"] <= 40
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.pt"}  # no forecast plot
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"config.yaml", "model.pt", "gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"}  # no forecast plot; the probe at step 0
     assert row in result.stdout and "trivial baseline" in result.stdout
 
 

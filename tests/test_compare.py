@@ -5,6 +5,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from rnnlab import compare
+from rnnlab.probe import decay_fit
 from rnnlab.tracking.queries import _split_param_in
 
 
@@ -28,12 +29,14 @@ def test_compare_picks_the_filtered_runs_and_reports_each_layers_vanishing_facto
             client.log_param(run_id, key, value)
         client.log_metric(run_id, "clip_rate", 0.25)
         client.log_metric(run_id, "best_val_loss", 0.5)
-        dh = rng.uniform(1e-4, 1.0, size=(3, 2, 1, 12))  # probes x layers x directions x T
-        dh[-1, 1, 0, 0] = np.nan  # not measured: the factor starts at the first measured step
-        np.savez_compressed(tmp_path / "gradients.npz", dh=dh, steps=np.array([10, 20, 30]))
+        log_dh = rng.uniform(-4, 0.0, size=(3, 2, 1, 12))  # probes x layers x directions x T
+        log_dh[-1, 1, 0, 0] = np.nan  # not measured: the factor starts at the first measured step
+        lyapunov = rng.uniform(-1, 0.1, size=(3, 2, 4))  # probes x layers x k
+        np.savez_compressed(tmp_path / "gradients.npz", log_dh=log_dh, dh=10**log_dh, lyapunov=lyapunov,
+                            steps=np.array([10, 20, 30]))
         client.log_artifact(run_id, str(tmp_path / "gradients.npz"))
         client.set_terminated(run_id)
-        last_probe[cell] = dh[-1, :, 0]
+        last_probe[cell] = (log_dh[-1, :, 0], lyapunov[-1, :, 0], run_id)
 
     out = tmp_path / "out"
     code = compare.main(["--uri", uri, "--experiment", "exp", "--filter", "params.cell IN ('rnn', 'lstm')",
@@ -43,10 +46,14 @@ def test_compare_picks_the_filtered_runs_and_reports_each_layers_vanishing_facto
     rows = {line.split()[0]: line.split() for line in lines[1:] if line.split()[0] in ("rnn", "lstm", "gru")}
     assert set(rows) == {"rnn", "lstm"}  # gru is filtered out by the IN clause, applied by rnnlab
     for cell, row in rows.items():
-        norms = last_probe[cell]
-        expected = [np.log10(norms[0, 0] / norms[0, -1]), np.log10(norms[1, 1] / norms[1, -1])]
-        assert [float(f) for f in row[3:5]] == [round(e, 2) for e in expected]
-        assert row[5:] == ["0.25", "0.50000"]
+        log, top, run_id = last_probe[cell]
+        assert row[1] == f"({run_id[:8]})"  # each run its own row and curve, even under one name
+        expected = [log[0, 0] - log[0, -1], log[1, 1] - log[1, -1]]
+        assert [float(f) for f in row[4:6]] == [round(e, 2) for e in expected]
+        rates = [decay_fit(log[l]) for l in (0, 1)]
+        assert row[6:10] == [f"{r:+.3f}" if i % 2 == 0 else f"({q:.2f})" for r, q in rates for i in (0, 1)]
+        assert row[10:12] == [f"{e:+.3f}" for e in top]
+        assert row[12:] == ["0.25", "0.50000"]
     for name in ("decay_l0.png", "decay_l1.png", "compare.html"):
         assert (out / name).stat().st_size > 0
     assert (out / "compare.html").read_text().count("<img") == 2

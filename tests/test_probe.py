@@ -2,6 +2,7 @@
 reference (float64, 1e-10), on every path, for every cell and depth > 1, with truncation."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.cells import CELLS
+from rnnlab.cells import CELLS, Cell, Weight
 from rnnlab.model import StackedRNN
-from rnnlab.probe import Probe, spectra, summary_metrics, weight_norms
+from rnnlab.probe import Probe, ProbeRecord, decay_fit, spectra, summary_metrics, weight_norms
 from rnnlab.train import forward
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -146,8 +147,8 @@ def test_spectra_come_on_probed_steps_that_are_multiples_of_spectra_every():
     have = [bool(np.isfinite(r.spectral_radius).all()) for r in probe.records]
     assert have == [False, False, True, False, False, True]
     assert all(np.isnan(r.max_singular).all() != h for r, h in zip(probe.records, have))
-    assert "spectral_radius/l0" not in summary_metrics(probe.records[0])
-    assert summary_metrics(probe.records[2])["spectral_radius/l0"] == pytest.approx(spectra(model)[0][0])
+    assert "w_hh_spectral_radius/l0" not in summary_metrics(probe.records[0])
+    assert summary_metrics(probe.records[2])["w_hh_spectral_radius/l0"] == pytest.approx(spectra(model)[0][0])
 
 
 def test_summary_metrics_are_few_and_per_layer():
@@ -155,8 +156,13 @@ def test_summary_metrics_are_few_and_per_layer():
     model = StackedRNN("gru", 3, 6, depth=2)
     record = probed(model, torch.randn(4, 8, 3), torch.randn(4, 1))
     metrics = summary_metrics(record)
-    assert len(metrics) <= 2 + (6 + 3) * 2  # per layer: 6 summaries and the recurrent norm of each of 3 gates
+    per_layer = {"log10_grad_h_first", "log10_grad_h_last", "vanishing", "decay_rate", "decay_r2", "grad_w_input",
+                 "grad_w_recurrent", "w_hh_spectral_radius", "w_hh_max_singular"}
+    expected = {f"{k}/l{l}" for k in per_layer for l in (0, 1)} | {f"grad_w/l{l}/recurrent/{g}" for l in (0, 1) for g in "rzn"}
+    expected |= {"probe/grad_norm", "probe/clipped", "probe/float32_underflow", "probe/unrepresentable"}
+    assert set(metrics) == expected  # a few per layer; the lag shares join once the backwards measure them
     assert metrics["vanishing/l0"] == pytest.approx(np.log10(record.dh[0, 0, 0] / record.dh[0, 0, -1]))
+    assert metrics["log10_grad_h_first/l0"] == pytest.approx(np.log10(record.dh[0, 0, 0]))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
@@ -291,3 +297,132 @@ def test_spectra_read_the_declared_recurrence_as_the_forward_applies_it():
     blocks = gru.layers[0].fused.weight_hh_l0.detach().chunk(3)  # r, z, n: the largest over the gates
     want = max(torch.linalg.eigvals(b).abs().max().item() for b in blocks)
     assert spectra(gru)[0][0] == pytest.approx(want, rel=1e-9)
+
+
+# ---------------------------------------------------------------- exact over any range
+
+
+class Linear(Cell):
+    """h_t = W x_t + A h_{t-1}: a linear recurrence, whose gradient decays exactly as A^k."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.weight_ih = torch.nn.Parameter(torch.randn(hidden_size, input_size) / input_size**0.5)
+        self.weight_hh = torch.nn.Parameter(torch.eye(hidden_size))
+
+    def forward(self, x_t, state):
+        h = x_t @ self.weight_ih.T + state[0] @ self.weight_hh.T
+        return h, (h,)
+
+    def weight_groups(self):
+        return [Weight("input", self.weight_ih), Weight("recurrent", self.weight_hh)]
+
+
+def linear_model(a: float, orthogonal: bool, hidden: int = 6) -> StackedRNN:
+    torch.manual_seed(3)
+    model = StackedRNN(Linear, 2, hidden, depth=1)
+    # A signed permutation: orthogonal exactly in float32 too (a QR's Q is orthogonal to ~1e-7,
+    # which over 1000 steps would move the norm by 1e-4).
+    q = torch.eye(hidden)[torch.randperm(hidden)] * torch.tensor([1.0, -1.0]).repeat(hidden)[:hidden] if orthogonal else torch.eye(hidden)
+    with torch.no_grad():
+        model.layers[0].weight_hh.copy_(a * q)
+    return model
+
+
+@pytest.mark.parametrize("orthogonal", [False, True])
+@pytest.mark.parametrize("a,T", [(0.5, 300), (0.5, 1000), (0.8, 120)])
+def test_a_linear_recurrence_decays_exactly_as_a_to_the_k_in_float32_over_hundreds_of_decades(a, T, orthogonal):
+    torch.set_default_dtype(torch.float32)  # the training precision, whose own gradient underflows
+    model = linear_model(a, orthogonal)
+    x, y = torch.randn(3, T, 2), torch.randn(3, 1)
+    record = probed(model, x, y)
+    log = record.log_dh[0, 0]
+    assert np.isfinite(log).all() and record.unrepresentable == 0  # every step, none floored
+    # ||A^T^k g|| = a^k ||g|| exactly (A = a Q, Q orthogonal): the float32 head's gradient g,
+    # propagated without a rounding worth 1e-9 in log10.
+    a32 = float(np.float32(a))  # what the float32 weights hold (0.8 is not exact)
+    # Recomputed in float64 when float32 underflowed (1e-9); float32's own rounding otherwise
+    # (~6e-8 relative a step, ~3e-8 in log10).
+    tolerance = 1e-9 if record.float32_underflow else 3e-8 * T
+    np.testing.assert_allclose(log - log[-1], np.log10(a32) * np.arange(T)[::-1], rtol=0, atol=tolerance)
+    rate, r2 = decay_fit(log)
+    assert rate == pytest.approx(np.log10(a32), abs=1e-8) and rate == pytest.approx(np.log10(a), abs=1e-6) and r2 == pytest.approx(1.0, abs=1e-9)
+    decades = -np.log10(a) * (T - 1)
+    assert record.float32_underflow == (decades > 38)  # float32's range: the training's own gradient lost it
+    assert summary_metrics(record)["vanishing/l0"] == pytest.approx(-decades, abs=tolerance + 1e-6)  # negative: vanishing
+
+
+def test_what_no_float64_scaling_can_hold_is_nan_and_counted_never_a_floor():
+    torch.set_default_dtype(torch.float32)
+    model = linear_model(1e-3, orthogonal=False)  # 3 decades a step: 900 over the window
+    record = probed(model, torch.randn(2, 301, 2), torch.randn(2, 1))
+    log = record.log_dh[0, 0]
+    assert record.float32_underflow and record.unrepresentable > 0
+    assert np.isnan(log[: record.unrepresentable]).all() and np.isfinite(log[record.unrepresentable :]).all()
+    np.testing.assert_allclose(np.diff(log[np.isfinite(log)]), 3.0, atol=1e-9)  # exact where it is held
+    assert log[np.isfinite(log)][0] < -600  # over 600 decades fit
+
+
+def test_a_float32_tanh_rnn_over_300_steps_matches_the_float64_reference_at_every_step():
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(6)
+    model = StackedRNN("rnn", 3, 16, depth=2)
+    x, y = torch.randn(4, 300, 3), torch.randn(4, 1)
+    record = probed(model, x, y)
+    torch.set_default_dtype(torch.float64)
+    reference = reference_dh(copy.deepcopy(model).double(), x.double(), y.double())
+    assert record.float32_underflow and record.unrepresentable == 0
+    assert (reference > 0).all() and reference.min() < 1e-45  # below float32's range, and no floor
+    # The replay starts from the float32 run's inputs per layer and its head's gradient: ~1e-6 relative.
+    np.testing.assert_allclose(record.log_dh[:, 0], np.log10(reference), atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "peephole", "transformer"])
+def test_truncation_reads_minus_infinity_and_an_exact_zero_is_not_called_underflow(cell):
+    torch.manual_seed(2)
+    model = StackedRNN(cell, 3, 8, depth=2)
+    record = probed(model, torch.randn(4, 12, 3), torch.randn(4, 1), truncation=5)
+    assert (record.log_dh[:, 0, :7] == -np.inf).all()  # no gradient reaches before the window
+    assert not record.float32_underflow and record.unrepresentable == 0
+    top = record.log_dh[-1, 0, 7:]
+    if cell == "transformer":  # no path through time: only the last output reaches the head
+        assert (top[:-1] == -np.inf).all() and np.isfinite(top[-1])
+    else:
+        assert np.isfinite(top).all()
+
+
+def test_the_batch_spread_is_the_10th_and_90th_percentile_of_the_per_sample_norms():
+    torch.manual_seed(9)
+    model = StackedRNN("gru", 3, 8, depth=2)
+    x, y = torch.randn(20, 10, 3), torch.randn(20, 1)
+    record = probed(model, x, y)
+    per_sample = np.stack([reference_dh(model, x[i : i + 1], y[i : i + 1]) for i in range(20)])  # (B, layers, T)
+    # mse over the batch is 1/B of the mean of per-sample losses: scale each back by 1/B
+    logs = np.log10(per_sample / 20)
+    np.testing.assert_allclose(record.log_dh_p10[:, 0], np.percentile(logs, 10, axis=0, method="nearest"), atol=1e-9)
+    np.testing.assert_allclose(record.log_dh_p90[:, 0], np.percentile(logs, 90, axis=0, method="nearest"), atol=1e-9)
+    assert (record.log_dh_p10 <= record.log_dh_p90).all()
+    np.testing.assert_allclose(record.log_dh[:, 0], np.log10(per_sample.mean(0) / 20), atol=1e-9)
+
+
+def test_decay_fit_is_the_least_squares_slope_against_distance_and_its_r2():
+    t = np.arange(30)
+    line = -0.25 * (29 - t) + 1.0
+    assert decay_fit(line) == pytest.approx((-0.25, 1.0))
+    noisy = line + np.random.default_rng(0).normal(0, 0.5, 30)
+    slope, intercept = np.polyfit(29 - t, noisy, 1)
+    r2 = 1 - np.sum((noisy - (slope * (29 - t) + intercept)) ** 2) / np.sum((noisy - noisy.mean()) ** 2)
+    assert decay_fit(noisy) == pytest.approx((slope, r2), rel=1e-12)
+    with_gaps = line.copy()
+    with_gaps[:5], with_gaps[10] = -np.inf, np.nan  # before a truncation window; not kept
+    assert decay_fit(with_gaps) == pytest.approx((-0.25, 1.0))
+    assert all(math.isnan(v) for v in decay_fit(np.array([1.0, 2.0, np.nan])))
+
+
+def test_a_checkpointed_record_from_before_log_norms_still_loads():
+    old = {"step": 3, "dh": torch.tensor([[[0.0, 1e-3, 1.0]]]), "weight_norms": {}, "grad_norm": 1.0,
+           "grad_norm_clipped": 1.0, "clipped": False, "spectral_radius": torch.tensor([0.9]),
+           "max_singular": torch.tensor([1.1])}
+    record = ProbeRecord.from_payload(old)
+    np.testing.assert_array_equal(record.log_dh, [[[-np.inf, -3.0, 0.0]]])
+    assert ProbeRecord.from_payload(record.payload()).log_dh.tolist() == record.log_dh.tolist()

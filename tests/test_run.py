@@ -29,7 +29,7 @@ def test_a_run_returns_its_metrics_model_and_history_and_calls_the_hooks(tmp_pat
     assert [e for e, _ in epochs] == [1, 2] and len(result.history) == 2
     assert result.metrics["val_loss"] == min(v for _, v in epochs)
     assert {"test_mse", "test_mse_persistence", "n_params", "wall_seconds"} <= set(result.metrics)
-    assert [r.step for r in probes] == [2, 4, 6, 8] and result.probes == probes
+    assert [r.step for r in probes] == [0, 2, 4, 6] and result.probes == probes  # 8 steps, from the initial weights
     assert any("vanishing/l0" in m for m, _ in logged) and any("val_loss" in m for m, _ in logged)
     assert sum(p.numel() for p in result.model.parameters() if p.requires_grad) == result.metrics["n_params"]
     written = {p.name for p in (tmp_path / "run").iterdir()}

@@ -177,7 +177,7 @@ def test_a_resumed_run_keeps_the_probe_records_made_before_it_stopped(data, tmp_
     straight, resumed = [], []
     _run_with_stops(data, [], tmp_path, probes=straight)
     _run_with_stops(data, [7, 17], tmp_path, probes=resumed)
-    assert [r.step for r in straight] == [4, 8, 12, 16, 20, 24, 28, 32, 36]
+    assert [r.step for r in straight] == [0, 4, 8, 12, 16, 20, 24, 28, 32]  # step 0: the initial weights
     assert [r.step for r in resumed] == [r.step for r in straight]
     for a, b in zip(resumed, straight):
         np.testing.assert_array_equal(a.dh, b.dh)
@@ -407,3 +407,19 @@ def test_a_run_resumes_from_an_end_of_epoch_checkpoint(data):
     resumed = train(small_model(seed=7), data, cfg, seed=3, resume=saved[0])
     assert saved[0].batch == 0 and saved[0].sums == {}
     assert [h["train_loss"].hex() for h in resumed.history] == [h["train_loss"].hex() for h in straight.history]
+
+
+def test_the_probe_at_step_0_sees_the_initial_weights_and_at_lists_more_steps(data):
+    from rnnlab.probe import Probe
+
+    model = small_model(seed=2)
+    initial = copy.deepcopy(model.state_dict())
+    seen: dict[int, bool] = {}
+
+    def on_probe(record):  # before this step's update: the weights of `record.step` updates
+        seen[record.step] = all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())
+
+    probe = Probe(every=10, at=(0, 3, 25))
+    train(model, data, TrainConfig(epochs=1, steps_per_epoch=30, batch_size=32), seed=3, probe=probe, on_probe=on_probe)
+    assert [r.step for r in probe.records] == [0, 3, 10, 20, 25]
+    assert seen == {0: True, 3: False, 10: False, 20: False, 25: False}
