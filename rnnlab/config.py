@@ -73,12 +73,27 @@ class TrainConfig:
 
 
 @dataclass
-class ProbeConfig:
-    """The gradient probe (rnnlab/probe.py): ||dL/dh^l_t||, weight-gradient norms, spectra."""
+class LyapunovConfig:
+    """The top Lyapunov exponents of every layer's hidden dynamics (rnnlab/jacobians.py)."""
 
-    every: int = _bounded(10, ge=0)  # probe every this many optimiser steps; 0 turns it off
+    k: int = _bounded(4, ge=0)  # exponents per layer, largest first; 0 turns them off
+    steps: int = _bounded(1000, ge=2)  # length of the driving input sequence (the training data's inputs)
+    warmup: int = _bounded(100, ge=0)  # steps the frame aligns before exponents are averaged; < steps
+    when: Literal["end", "probes"] = "end"  # after training, or at every probe too
+
+
+@dataclass
+class ProbeConfig:
+    """The gradient probe (rnnlab/probe.py): ||dL/dh^l_t||, weight-gradient norms, spectra,
+    the state Jacobian and Lyapunov exponents."""
+
+    every: int = _bounded(10, ge=0)  # probe every this many optimiser steps, from step 0; 0: only at ``at``
+    at: list[int] = field(default_factory=list)  # more steps to probe (updates made before it), increasing
     resolution: int = _bounded(1, ge=1)  # keep ||dL/dh_t|| at every this-many-th step back from the loss's
-    spectra_every: int = _bounded(10, ge=1)  # the recurrent matrices' spectra on probed steps that are multiples of this
+    spectra_every: int = _bounded(10, ge=1)  # W_hh's spectra on probed steps that are multiples of this
+    jacobian_samples: int = _bounded(1, ge=0)  # the state Jacobian along this many samples' trajectories; 0: off
+    jacobian_every: int = _bounded(10, ge=1)  # ... on probed steps that are multiples of this
+    lyapunov: LyapunovConfig = field(default_factory=LyapunovConfig)
 
 
 @dataclass
@@ -282,10 +297,25 @@ def _check_together(cfg: Config) -> None:
         choice_spec("pruner", cfg.trial.pruner, "trial.pruner")  # never a class to import from config
     except SweepError as e:
         raise ConfigError(str(e)) from None
+    _check_probe(cfg)
     needed = {"csv": ("path", "target"), "jena": ("path",), "char_lm": ("path",)}
     for key in needed.get(cfg.data.name, ()):
         if not cfg.data.options.get(key):
             raise ConfigError(f"data.{key} is empty: data={cfg.data.name} needs data.{key}=...")
+
+
+def _check_probe(cfg: Config) -> None:
+    p = cfg.probe
+    for i, step in enumerate(p.at):
+        if step < 0 or (i and step <= p.at[i - 1]):
+            raise ConfigError(f"probe.at={p.at} is not allowed (allowed: optimiser steps >= 0, increasing, e.g. [0,100,1000])")
+    ly = p.lyapunov
+    if ly.k and ly.warmup >= ly.steps:
+        raise ConfigError(f"probe.lyapunov.warmup={ly.warmup} leaves no steps to average (allowed: 0..{ly.steps - 1}, "
+                          f"below probe.lyapunov.steps={ly.steps})")
+    if ly.k > cfg.hidden_size:
+        raise ConfigError(f"probe.lyapunov.k={ly.k} is more exponents than a layer's state has "
+                          f"(allowed: 0..hidden_size={cfg.hidden_size})")
 
 
 def as_raw(cfg: Config) -> dict[str, Any]:

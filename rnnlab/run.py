@@ -302,7 +302,8 @@ class _Run:
         # The probe needs backpropagation through time; a frozen recurrence (an ESN) has none.
         recurrent = any(p.requires_grad for p in self.model.layers.parameters())
         pc = self.config.probe
-        return Probe(pc.every, pc.resolution, pc.spectra_every) if pc.every and recurrent else None
+        wanted = pc.every or pc.at
+        return Probe(pc.every, pc.resolution, pc.spectra_every, at=tuple(pc.at)) if wanted and recurrent else None
 
     def _fit(self, stop: Any, trial: Any) -> Any:
         """Gradient training, or the closed-form fit of a cell whose readout is solved (an ESN

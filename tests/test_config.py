@@ -148,3 +148,22 @@ def test_secrets_are_redacted_but_nothing_else():
     out = redact(resolved, {"data.path"})
     assert out == {"tracking": {"uri": "postgresql://ann:***@db.example:5432/mlflow", "experiment": "e"},
                    "data": {"path": "***", "target": "y"}, "depth": 4}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("probe.at=[0,100,50]", "probe.at=[0, 100, 50] is not allowed (allowed: optimiser steps >= 0, increasing"),
+    ("probe.at=[-1]", "probe.at=[-1] is not allowed"),
+    ("probe.at=[0,0]", "probe.at=[0, 0] is not allowed"),
+    ("probe.at=[1.5]", "probe.at[0]=1.5 must be of type int"),
+    ("probe.lyapunov.warmup=1000", "probe.lyapunov.warmup=1000 leaves no steps to average (allowed: 0..999"),
+    ("probe.lyapunov.k=65", "probe.lyapunov.k=65 is more exponents than a layer's state has (allowed: 0..hidden_size=64)"),
+    ("probe.lyapunov.k=-1", "probe.lyapunov.k=-1 is out of range (allowed: >= 0)"),
+    ("probe.lyapunov.when=sometimes", "probe.lyapunov.when='sometimes' is not allowed (allowed: end, probes)"),
+    ("probe.jacobian_samples=-2", "probe.jacobian_samples=-2 is out of range (allowed: >= 0)"),
+])
+def test_probe_schedule_and_lyapunov_settings_are_refused_in_one_line(override, message):
+    from rnnlab.compose import compose as compose_job
+
+    with pytest.raises(ConfigError) as e:
+        compose_job([override])  # composes and validates, as the CLI's preflight does
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
