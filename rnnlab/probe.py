@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlab.cells import Cell, State
+from rnnlab.cells import Cell, State, Tap
 
 
 @dataclass
@@ -80,13 +80,18 @@ class Probe:
     records: list[ProbeRecord] = field(default_factory=list)
     # (layer, direction) -> the tap of the forward in flight: dL/dh, (window, B, H)
     _taps: dict[tuple[int, int], Tensor] = field(default_factory=dict, init=False, repr=False)
+    # (layer, direction) -> <C_t, dL/dW_hh>_F per step t of that forward, (window,) float64, in
+    # the cell's time (a backward direction's reversed); NaN where the cell cannot say (bptt.Tap)
+    _lags: dict[tuple[int, int], Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
     def scan(self, cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
         """The scan hook of a probed forward (rnnlab.model.Scan): one layer's scan, tapped."""
-        tap = self._taps[layer, direction] = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
+        tap = Tap(x.new_zeros(x.size(1), x.size(0), cell.hidden_size),
+                  x.new_full((x.size(1),), math.nan, dtype=torch.float64))
+        self._taps[layer, direction], self._lags[layer, direction] = tap
         return cell.scan(x, state, tap)
 
     def record(self, model: nn.Module, step: int, max_norm: float, length: int | None = None) -> ProbeRecord:
