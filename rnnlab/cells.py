@@ -21,12 +21,19 @@ so that the stack, the training loop and the gradient probe never branch on the 
 ``step_scan`` (the step loop over ``forward``) computes the same function for every cell, with
 every h_t a node of the autograd graph.
 
-``tap``: a (T, B, H) buffer, or None. When given, the backward pass writes into it the total
-derivative dL/dh_t of every step, on every path (up through the layers above and back through
-time): what the gradient probe measures. The hand-written backwards hold it in hand, so a
-tapped fused cell runs its hand-written twin (bptt.Elman, bptt.GRU, and for lstm bptt.GatedLSTM
-with the gates reordered: the same function) instead of the kernel, whose time path is hidden;
-the step loop reads it with a hook on each h_t; a transformer's output has no time path.
+``tap``: a ``Tap`` (rnnlab/bptt.py), or None. When given, the backward pass writes into
+``tap.dh`` (T, B, H) the total derivative dL/dh_t of every step, on every path (up through the
+layers above and back through time): what the gradient probe measures. The hand-written
+backwards hold it in hand, so a tapped fused cell runs its hand-written twin (bptt.Elman,
+bptt.GRU, and for lstm bptt.GatedLSTM with the gates reordered: the same function) instead of
+the kernel, whose time path is hidden; the step loop reads it with a hook on each h_t; a
+transformer's output has no time path.
+
+``tap.w_lag`` (T,) float64, if given, gets each step's term of the recurrent weight's gradient
+projected on the total, <C_t, dL/dW_hh>_F (bptt's docstring): from the hand-written backwards
+only, for the tensor the recurrence multiplies by (IndRNN's applied u, not the trained v).
+The step loop (esn, a Cell without a scan of its own) and the transformer (no W_hh) leave it
+NaN: not measured.
 """
 from __future__ import annotations
 
@@ -40,11 +47,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from rnnlab import bptt
+from rnnlab.bptt import Tap
 
 State = tuple[Tensor, ...]
 
 
-def step_scan(cell: "Cell", x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+def step_scan(cell: "Cell", x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
     """Run ``cell`` one step at a time over x (B, T, I): the reference path for every cell."""
     outputs = []
     # unbind, not x[:, t]: each select's backward would allocate the whole of x (O(T^2)).
@@ -52,9 +60,11 @@ def step_scan(cell: "Cell", x: Tensor, state: State, tap: Tensor | None = None) 
         h_t, state = cell(x_t, state)
         outputs.append(h_t)
     if tap is not None:
+        if tap.w_lag is not None:  # per-step terms of dW_hh are not separable here: not measured
+            tap.w_lag.fill_(math.nan)
         # A hook on a non-leaf tensor gets its gradient summed over every use: here the
         # output (to the layer above) and the next step's state, i.e. the total dL/dh_t.
-        for h_t, into in zip(outputs, tap.unbind(0)):
+        for h_t, into in zip(outputs, tap.dh.unbind(0)):
             if h_t.requires_grad:  # not in a frozen reservoir
                 h_t.register_hook(functools.partial(_write, into))
     return torch.stack(outputs, 1), state
@@ -114,7 +124,7 @@ class Cell(nn.Module):
     def init_state(self, batch: int, like: Tensor) -> State:
         return tuple(like.new_zeros(batch, self.hidden_size) for _ in range(self.n_states))
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         return step_scan(self, x, state, tap)
 
     def weight_groups(self) -> list[Weight]:
@@ -222,7 +232,7 @@ class _Fused(Cell):
             *(Weight("bias", b, self.GATES) for b in biases),
         ]
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         if tap is not None:  # the kernel hides the path through time: the subclasses run their twin
             return step_scan(self, x, state, tap)
         hx = tuple(s.unsqueeze(0) for s in state)  # fused kernels want (layers, B, H)
@@ -257,7 +267,7 @@ class RNN(_Fused):
         h = self.activation(F.linear(x_t, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh))
         return h, (h,)
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         if tap is None:
             return super().scan(x, state)
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias_ih + self.bias_hh)  # (T, B, H)
@@ -293,7 +303,7 @@ class LSTM(_Fused):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         if tap is None:
             return super().scan(x, state)
         # The same LSTM through the hand-written backward, which has every dL/dh_t in hand
@@ -330,7 +340,7 @@ class GRU(_Fused):
         h = (1 - z) * n + z * h
         return h, (h,)
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         if tap is None:
             return super().scan(x, state)
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias_ih)  # (T, B, 3H)
@@ -434,7 +444,7 @@ class _GatedLSTM(Cell):
     def init_state(self, batch: int, like: Tensor) -> State:
         return tuple(like.new_zeros(batch, self.hidden_size) for _ in range(self.n_states))
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         return _gated_scan(
             x, state, self.weight_ih, self.bias, self.weight_hh, self.peephole, self.weight_ss,
             (self.flags, tuple(self.sigmoid_gates), self.n_early), tap,
@@ -443,7 +453,7 @@ class _GatedLSTM(Cell):
 
 def _gated_scan(
     x: Tensor, state: State, weight_ih: Tensor, bias: Tensor, weight_hh: Tensor,
-    peephole: Tensor | None, weight_ss: Tensor | None, cfg: tuple, tap: Tensor | None,
+    peephole: Tensor | None, weight_ss: Tensor | None, cfg: tuple, tap: Tap | None,
 ) -> tuple[Tensor, State]:
     """An LSTM-family layer over x (B, T, I) through bptt.GatedLSTM (cfg: flags, sigmoid gate
     names, how many read c_{t-1})."""
@@ -550,7 +560,7 @@ class GRUClassic(Cell):
         return [Weight("input", self.weight_ih, gates), Weight("recurrent", self.weight_hh, gates),
                 Weight("bias", self.bias, gates)]
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 3H)
         hs = bptt.GRUClassic.apply(xp, state[0], self.weight_hh, tap)
         return hs.transpose(0, 1), (hs[-1],)
@@ -599,7 +609,7 @@ class IndRNN(Cell):
             u = Weight("recurrent", self.u)
         return [Weight("input", self.weight_ih), u, Weight("bias", self.bias)]
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, H)
         hs = bptt.IndRNN.apply(xp, state[0], self.u, tap)
         return hs.transpose(0, 1), (hs[-1],)
@@ -717,7 +727,7 @@ class Transformer(Cell):
         out, state = self.scan(x_t.unsqueeze(1), state)
         return out[:, 0], state
 
-    def scan(self, x: Tensor, state: State, tap: Tensor | None = None) -> tuple[Tensor, State]:
+    def scan(self, x: Tensor, state: State, tap: Tap | None = None) -> tuple[Tensor, State]:
         B, T, H = x.size(0), x.size(1), self.hidden_size
         x = self.embed(x)  # (B, T, H)
         q, k, v = self.qkv(self.norm1(x)).chunk(3, 2)
@@ -733,8 +743,10 @@ class Transformer(Cell):
         att = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, H))
         x = x + self.mlp(self.norm2(x))
+        if tap is not None and tap.w_lag is not None:
+            tap.w_lag.fill_(math.nan)  # no recurrent weight
         if tap is not None and x.requires_grad:  # no path through time from h_t: its gradient is all from above
-            x.register_hook(functools.partial(_write, tap.transpose(0, 1)))
+            x.register_hook(functools.partial(_write, tap.dh.transpose(0, 1)))
         return x, (k[:, -self.window :], v[:, -self.window :])  # the keys a later query can still see
 
     def weight_groups(self) -> list[Weight]:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlab.cells import Cell, State
+from rnnlab.cells import Cell, State, Tap
 
 # A float32 tap whose per-sample norm falls below this has lost digits (float32's normal range
 # ends at 2^-126 per element) or soon will: the step's norms are recomputed in float64.
@@ -138,6 +138,8 @@ class Probe:
     _taps: dict[Key, Tensor] = field(default_factory=dict, init=False, repr=False)
     _inputs: dict[Key, tuple[Tensor, State]] = field(default_factory=dict, init=False, repr=False)
     _above: dict[Key, Tensor] = field(default_factory=dict, init=False, repr=False)
+    # (layer, direction) -> <C_t, dL/dW_hh>_F per step t of that forward, (window,) float64, in
+    # the cell's time (a backward direction's reversed); NaN where the cell cannot say (bptt.Tap)
     _lags: dict[Key, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def due(self, step: int) -> bool:
@@ -147,7 +149,9 @@ class Probe:
     def scan(self, cell: Cell, x: Tensor, state: State, layer: int, direction: int) -> tuple[Tensor, State]:
         """The scan hook of a probed forward (rnnlab.model.Scan): one layer's scan, tapped."""
         key = (layer, direction)
-        tap = self._taps[key] = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
+        tap = Tap(x.new_zeros(x.size(1), x.size(0), cell.hidden_size),
+                  x.new_full((x.size(1),), math.nan, dtype=torch.float64))
+        self._taps[key], self._lags[key] = tap
         self._inputs[key] = (x, state)
         out, state = cell.scan(x, state, tap)
         if out.requires_grad:
@@ -251,7 +255,7 @@ class Probe:
                 x = x.detach().double().requires_grad_()
                 cell = copy.deepcopy(cells[key]).double()
                 tap = x.new_zeros(x.size(1), x.size(0), cell.hidden_size)
-                out, _ = cell.scan(x, tuple(s.detach().double() for s in state), tap)
+                out, _ = cell.scan(x, tuple(s.detach().double() for s in state), Tap(tap))
                 torch.autograd.backward(out, above[key])
                 biggest = tap.abs().amax(-1, keepdim=True)  # the squares of 2^1000 would overflow
                 logs[key] = (biggest[..., 0] * (tap / torch.where(biggest > 0, biggest, 1.0)).norm(dim=-1)).numpy()
@@ -268,14 +272,11 @@ class Probe:
         """(layers, directions, T) per-step shares of ||dL/dW_hh||^2 from the backwards' lag
         sums (<C_t, dW_hh>); 0 before the truncation window; NaN where a cell measures none."""
         shares = np.full(shape, np.nan)
-        if not self._lags:
-            return shares
-        offset = shape[-1] - next(iter(self._lags.values())).size(0)
-        shares[:, :, :offset] = 0.0
         for key, lag in self._lags.items():
-            lag = self._natural(key, lag.double()).cpu().numpy()
-            total = lag.sum()
-            shares[key[0], key[1], offset:] = lag / total if total > 0 else np.nan
+            lag = self._natural(key, lag.double().cpu().numpy())
+            total = lag.sum()  # ||dW_hh||^2; NaN when the cell measures no lags
+            if total > 0:
+                shares[key[0], key[1]] = np.concatenate([np.zeros(shape[-1] - len(lag)), lag / total])
         return shares
 
 

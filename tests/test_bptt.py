@@ -127,7 +127,7 @@ def test_a_hand_written_scan_gives_the_same_outputs_and_gradients_on_the_fallbac
         xs = x.clone().requires_grad_()
         ss = tuple(s.clone().requires_grad_() for s in state)
         tap = torch.zeros(9, 5, 6)  # a tap sends the LSTM and RNN through their hand-written backward too
-        out, last = cell.scan(xs, ss, tap)
+        out, last = cell.scan(xs, ss, bptt.Tap(tap))
         loss = (out * weights).sum() + sum((s * s).sum() for s in last)
         results.append([out, *last, tap, *torch.autograd.grad(loss, [xs, *ss, *(p for p in cell.parameters() if p.requires_grad)])])
     assert calls  # the fast run took oneDNN's products

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rnnlab import bptt
-from rnnlab.cells import CELLS, GRU, LSTM, RNN, step_scan
+from rnnlab.cells import CELLS, GRU, LSTM, RNN, Tap, step_scan
 from rnnlab.model import StackedRNN, count_parameters
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -372,7 +372,7 @@ def test_a_tapped_scan_is_the_same_function_and_its_tap_holds_the_total_dl_dh(na
         return (out * weights).sum() + sum((s * s).sum() for s in last if s.dim() == 2)
 
     tap = torch.zeros(9, 3, cell.hidden_size)
-    out, last = cell.scan(x, state, tap)
+    out, last = cell.scan(x, state, Tap(tap))
     tapped = [out, *last, *torch.autograd.grad(loss_of(out, last), wrt)]
     hs, step_state = [], state
     for x_t in x.unbind(1):
@@ -384,6 +384,95 @@ def test_a_tapped_scan_is_the_same_function_and_its_tap_holds_the_total_dl_dh(na
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
     dh = torch.stack(torch.autograd.grad(reference_loss, hs))  # (T, B, H)
     assert torch.allclose(tap, dh, atol=1e-10, rtol=0) and tap.abs().sum() > 0
+
+
+def recurrent_weight(cell):
+    """(its parameter name, the tensor the recurrence multiplies by, the trained tensor) of the
+    cell's recurrent weight: IndRNN with u_max multiplies by u = u_max tanh(v), v trained."""
+    (w,) = [w for w in cell.weight_groups() if w.group == "recurrent"]
+    (name,) = [n for n, p in cell.named_parameters() if p is w.tensor]
+    return name, (w.tensor if w.applied is None else w.applied), w.tensor
+
+
+def per_step_recurrent_terms(cell, x, state, loss_of):
+    """C_t = step t's term of dL/dW_hh, independently of bptt: the step path with each step's
+    W_hh a separate copy (torch.func.functional_call), so autograd's gradient of copy t is C_t.
+    For an applied u = φ(v) (element-wise) the copies are of v, and C_t = (dL/dv_t) / φ'(v)."""
+    name, applied, trained = recurrent_weight(cell)
+    copies = [trained.detach().clone().requires_grad_() for _ in range(x.size(1))]
+    hs, step_state = [], state
+    for x_t, w_t in zip(x.unbind(1), copies):
+        h, step_state = torch.func.functional_call(cell, {name: w_t}, (x_t, step_state))
+        hs.append(h)
+    terms = torch.stack(torch.autograd.grad(loss_of(torch.stack(hs, 1), step_state), copies))  # (T, *W.shape)
+    if applied is not trained:
+        (slope,) = torch.autograd.grad(applied, trained, torch.ones_like(applied))  # φ'(v), element-wise
+        terms = terms / slope
+    return terms
+
+
+HAND_WRITTEN_CELLS = [(n, o) for n, o in EVERY_CELL if n not in ("esn", "transformer")]
+
+
+@pytest.mark.parametrize("name,options", HAND_WRITTEN_CELLS, ids=lambda v: str(v))
+def test_a_tapped_backward_writes_each_steps_projection_on_the_recurrent_weight_gradient(name, options):
+    """tap.w_lag[t] = <C_t, dL/dW_hh>_F against C_t from per-step copies of W_hh (float64,
+    1e-8), for every hand-written backward and the fused cells' twins: the terms add up to
+    autograd's dW_hh and the shares w_lag / Σ w_lag to 1."""
+    torch.manual_seed(9)
+    cell = CELLS[name](3, 4, **options)
+    x = torch.randn(3, 9, 3)
+    state = perturbed_state(cell, 3, x)
+    weights = torch.linspace(-1, 2, 3 * 9 * cell.hidden_size).view(3, 9, -1)
+
+    def loss_of(out, last):
+        return (out * weights).sum() + sum((s * s).sum() for s in last)
+
+    _, applied, trained = recurrent_weight(cell)
+    terms = per_step_recurrent_terms(cell, x, state, loss_of)  # (T, *W.shape)
+    total = terms.sum(0)
+    (step_path_grad,) = torch.autograd.grad(loss_of(*step_scan(cell, x, state)), trained)
+    # Σ_t C_t is autograd's gradient (of the trained tensor: through u = u_max tanh(v) if applied)
+    (chained,) = torch.autograd.grad(applied, trained, total) if applied is not trained else (total,)
+    assert torch.allclose(chained, step_path_grad, atol=1e-8, rtol=0)
+
+    tap = Tap(torch.zeros(9, 3, cell.hidden_size), torch.full((9,), float("nan"), dtype=torch.float64))
+    (scan_grad,) = torch.autograd.grad(loss_of(*cell.scan(x, state, tap)), trained)
+    assert torch.allclose(scan_grad, step_path_grad, atol=1e-8, rtol=0)
+    want = (terms * total).flatten(1).sum(1)  # <C_t, dW_hh>_F
+    assert torch.allclose(tap.w_lag, want, atol=1e-8, rtol=0)
+    shares = tap.w_lag / tap.w_lag.sum()
+    assert abs(shares.sum().item() - 1) < 1e-8 and abs(tap.w_lag.sum() - total.pow(2).sum()) < 1e-8
+    assert shares.std() > 1e-3  # the steps differ: not a constant that would pass for any cell
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_probed_stack_keeps_every_layers_lag_terms_which_add_up_to_its_squared_gradient_norm(bidirectional):
+    from rnnlab.probe import Probe
+
+    torch.manual_seed(10)
+    model = StackedRNN("lstm", 3, 5, depth=2, bidirectional=bidirectional)
+    probe = Probe(every=1)
+    out, _ = model(torch.randn(4, 7, 3), run=probe.scan)
+    out.pow(2).sum().backward()
+    cells = {(l, 0): c for l, c in enumerate(model.layers)}
+    cells.update({(l, 1): c for l, c in enumerate(model.backward_layers or [])})
+    assert probe._lags.keys() == cells.keys()
+    for key, cell in cells.items():
+        lags = probe._lags[key]
+        assert lags.shape == (7,) and lags.dtype == torch.float64
+        assert abs(lags.sum() - cell.weight_hh.grad.pow(2).sum()) < 1e-8
+
+
+@pytest.mark.parametrize("name,options", [("esn", {}), ("transformer", {"heads": 2})], ids=lambda v: str(v))
+def test_without_a_hand_written_backward_the_lag_terms_read_nan_not_measured(name, options):
+    torch.manual_seed(9)
+    cell = CELLS[name](3, 4, **options)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    tap = Tap(torch.zeros(5, 2, 4), torch.zeros(5, dtype=torch.float64))
+    out, _ = cell.scan(x, cell.init_state(2, x), tap)
+    out.pow(2).sum().backward()
+    assert torch.isnan(tap.w_lag).all()
 
 
 @pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
@@ -620,7 +709,7 @@ def test_every_hand_written_backward_in_float32_matches_float64(name, options, m
         xs = x.to(dtype).requires_grad_()
         ss = tuple(s.to(dtype).requires_grad_() for s in state)
         tap = torch.zeros(12, 3, cell.hidden_size, dtype=dtype)
-        out, last = cell.scan(xs, ss, tap) if tapped else step_scan(cell, xs, ss, tap)
+        out, last = cell.scan(xs, ss, Tap(tap)) if tapped else step_scan(cell, xs, ss, Tap(tap))
         loss = (out * weights.to(dtype)).sum() + sum((s * s).sum() for s in last if s.dim() == 2)
         wrt = [xs, *ss, *[p for p in cell.parameters() if p.requires_grad]]
         results.append([out, *last, *torch.autograd.grad(loss, wrt), tap])
@@ -628,6 +717,25 @@ def test_every_hand_written_backward_in_float32_matches_float64(name, options, m
         assert (a.double() - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
     has_products = name not in ("esn", "transformer", "indrnn")  # indrnn's recurrence is element-wise
     assert bool(calls) == has_products  # the float32 run really took oneDNN's products
+
+
+@pytest.mark.parametrize("name", ["lstm", "peephole", "gru_classic", "indrnn", "rnn", "gru"])
+def test_the_lag_terms_in_float32_match_float64(name, monkeypatch, one_thread):
+    """Their product takes oneDNN in float32 (where this torch has it), and the sum over units
+    stays in float32: within float32's reach of the float64 terms."""
+    monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)
+    torch.manual_seed(11)
+    cell = CELLS[name](3, 5)
+    x = torch.randn(3, 12, 3)
+    weights = torch.linspace(-1, 2, 3 * 12 * 5).view(3, 12, 5)
+    lags = []
+    for dtype in (torch.float32, torch.float64):
+        cell.to(dtype)
+        tap = Tap(torch.zeros(12, 3, 5, dtype=dtype), torch.zeros(12, dtype=torch.float64))
+        out, _ = cell.scan(x.to(dtype), cell.init_state(3, x.to(dtype)), tap)
+        (out * weights.to(dtype)).sum().backward()
+        lags.append(tap.w_lag)
+    assert (lags[0] - lags[1]).abs().max() <= 1e-5 * lags[1].abs().max()
 
 
 @onednn
@@ -752,7 +860,7 @@ def test_a_graph_of_a_hand_written_backward_is_refused_in_one_line_that_names_st
     torch.manual_seed(14)
     cell = CELLS[name](2, 3, **options)
     x = torch.randn(2, 4, 2, requires_grad=True)
-    tap = torch.zeros(4, 2, 3) if name in ("rnn", "lstm", "gru") else None
+    tap = Tap(torch.zeros(4, 2, 3)) if name in ("rnn", "lstm", "gru") else None
     out, _ = cell.scan(x, cell.init_state(2, x), tap)
     with pytest.raises(RuntimeError) as info:
         torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)

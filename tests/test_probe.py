@@ -157,7 +157,7 @@ def test_summary_metrics_are_few_and_per_layer():
     record = probed(model, torch.randn(4, 8, 3), torch.randn(4, 1))
     metrics = summary_metrics(record)
     per_layer = {"log10_grad_h_first", "log10_grad_h_last", "vanishing", "decay_rate", "decay_r2", "grad_w_input",
-                 "grad_w_recurrent", "w_hh_spectral_radius", "w_hh_max_singular"}
+                 "grad_w_recurrent", "w_hh_spectral_radius", "w_hh_max_singular", "w_hh_mean_lag"}
     expected = {f"{k}/l{l}" for k in per_layer for l in (0, 1)} | {f"grad_w/l{l}/recurrent/{g}" for l in (0, 1) for g in "rzn"}
     expected |= {"probe/grad_norm", "probe/clipped", "probe/float32_underflow", "probe/unrepresentable"}
     assert set(metrics) == expected  # a few per layer; the lag shares join once the backwards measure them
@@ -426,3 +426,18 @@ def test_a_checkpointed_record_from_before_log_norms_still_loads():
     record = ProbeRecord.from_payload(old)
     np.testing.assert_array_equal(record.log_dh, [[[-np.inf, -3.0, 0.0]]])
     assert ProbeRecord.from_payload(record.payload()).log_dh.tolist() == record.log_dh.tolist()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole", "indrnn", "transformer"])
+def test_the_lag_shares_of_w_hh_sum_to_one_per_layer_and_direction_and_zero_before_the_window(cell):
+    torch.manual_seed(4)
+    model = StackedRNN(cell, 3, 8, depth=2, bidirectional=cell != "transformer")
+    record = probed(model, torch.randn(4, 12, 3), torch.randn(4, 1), truncation=8)
+    if cell == "transformer":  # no W_hh: not measured, and no key
+        assert np.isnan(record.w_share).all() and "w_hh_mean_lag/l0" not in summary_metrics(record)
+        return
+    assert (record.w_share[:, :, :4] == 0).all()  # before the truncation window: no term
+    np.testing.assert_allclose(record.w_share.sum(-1), 1.0, atol=1e-8)
+    mean_lag = summary_metrics(record)["w_hh_mean_lag/l0"]
+    assert mean_lag == pytest.approx((record.w_share[0, 0] * np.arange(12)[::-1]).sum())
+    assert 0 <= mean_lag <= 7 or not (record.w_share[0, 0] >= 0).all()  # within the window when no share is negative

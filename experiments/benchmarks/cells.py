@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rnnlab import runtime
-from rnnlab.cells import CELLS
+from rnnlab.cells import CELLS, Tap
 from rnnlab.model import StackedRNN
 
 DEPTH, HIDDEN, BATCH, FEATURES = 4, 64, 64, 8
@@ -82,7 +82,7 @@ class _Tapped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         def run(cell, x, state, *_):
-            return cell.scan(x, state, x.new_empty(x.size(1), x.size(0), cell.hidden_size))
+            return cell.scan(x, state, Tap(x.new_empty(x.size(1), x.size(0), cell.hidden_size)))
 
         features, _ = self.model.features(x, run=run)
         return self.model.head(features), None
