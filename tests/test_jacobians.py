@@ -157,6 +157,19 @@ def test_the_window_product_over_a_thousand_steps_neither_under_nor_overflows(a,
     assert abs(norms.log10_product[0, 0] - 1000 * math.log10(a)) < tolerance  # float32: measured 1.2e-5 decades
 
 
+def test_float32_at_the_default_probe_size_stays_within_float32s_reach_of_float64():
+    # The probe's setting: a 4 x 64 LSTM (n = 128) over 48 steps.
+    torch.manual_seed(4)
+    model = StackedRNN("lstm", 14, 64, depth=4)
+    x = torch.randn(2, 48, 14)
+    single = jacobians.jacobian_norms(model, x, samples=2, dtype=torch.float32)
+    double = jacobians.jacobian_norms(model, x, samples=2, dtype=torch.float64)
+    assert np.abs(single.top_singular / double.top_singular - 1).max() < 1e-5  # measured 6e-7
+    assert np.abs(single.log10_product - double.log10_product).max() < 1e-5  # decades; measured 1.4e-7
+    first = jacobians.jacobian_norms(model, x, samples=1, dtype=torch.float32)  # the first row's trajectory
+    assert np.abs(first.top_singular[:, 0] / single.top_singular[:, 0] - 1).max() < 1e-5  # float32 sums
+
+
 def test_a_zero_jacobian_gives_minus_infinity_not_nan():
     model = StackedRNN(LinearCell, 2, 3, a=0.0)
     norms = jacobians.jacobian_norms(model, torch.randn(1, 7, 2), dtype=torch.float64)
