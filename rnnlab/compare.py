@@ -77,8 +77,13 @@ def _rows_and_panels(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[
         else:  # a run from before log-norms
             with np.errstate(divide="ignore"):
                 last = np.log10(arrays["dh"][-1, :, 0])
-        lyapunov = arrays.get("lyapunov")
-        top = lyapunov[-1, :, 0] if lyapunov is not None and lyapunov.ndim == 3 and len(lyapunov) else None
+        end, per_probe = arrays.get("lyapunov_end"), arrays.get("lyapunov")
+        if end is not None and end.size:  # the trained model's (probe.lyapunov.when=end)
+            top = end[:, 0]
+        elif per_probe is not None and per_probe.ndim == 3 and len(per_probe):  # the last probe's
+            top = per_probe[-1, :, 0]
+        else:
+            top = None
         label = f"{run['name'] or 'run'} ({run['run_id'][:8]})"  # runs of one name stay apart
         factors, rates, exponents = [], [], []
         for layer, log in enumerate(last):

@@ -131,11 +131,15 @@ def step_jacobians(cell: Cell, inputs: Tensor, states: list[State]) -> Tensor:
         return jac(flat.reshape(B * T, n), inputs.reshape(B * T, -1)).view(B, T, n, n)
 
 
-def state_jacobians(model: nn.Module, x: Tensor, dtype: torch.dtype = torch.float64) -> list[Tensor]:
-    """Every forward-direction layer's J_t along the trajectory of x (B, T, I): a list of
-    (B, T, n, n), computed in ``dtype``."""
+def state_jacobians(
+    model: nn.Module, x: Tensor, dtype: torch.dtype = torch.float64, state: list[State] | None = None
+) -> list[Tensor]:
+    """Every forward-direction layer's J_t along the trajectory of x (B, T, I) from ``state``
+    (every layer's; default zeros): a list of (B, T, n, n), computed in ``dtype``."""
     model = _in_dtype(model, dtype)
-    runs = layer_inputs(model, x.to(dtype))
+    if state is not None:
+        state = [tuple(s.detach().to(dtype) for s in layer) for layer in state]
+    runs = layer_inputs(model, x.to(dtype), state)
     return [step_jacobians(cell, inputs, states) for cell, (inputs, states) in zip(model.layers, runs)]
 
 
@@ -182,9 +186,12 @@ class JacobianNorms:
     log10_product: np.ndarray  # (layers, samples): log10 ||J_T ⋯ J_1||_2
 
 
-def jacobian_norms(model: nn.Module, x: Tensor, samples: int = 1, dtype: torch.dtype = torch.float32) -> JacobianNorms:
+def jacobian_norms(
+    model: nn.Module, x: Tensor, samples: int = 1, dtype: torch.dtype = torch.float32, state: list[State] | None = None
+) -> JacobianNorms:
     """σ_1(J_t) at every step and log10 of the window product's norm, for the trajectories of
-    the first ``samples`` rows of x (B, T, I), computed in ``dtype``.
+    the first ``samples`` rows of x (B, T, I) from ``state`` (every layer's initial state, as a
+    truncation window or a carried stream starts; default zeros), computed in ``dtype``.
 
     Cost, for a 4 x 64 LSTM (n = 128) over 48 steps, samples=1, float32, one CPU thread:
     ~130 ms, 3.5-4x a training step of B = 64. The Jacobians are n vjps at each point (2x the
@@ -194,7 +201,9 @@ def jacobian_norms(model: nn.Module, x: Tensor, samples: int = 1, dtype: torch.d
     if not 1 <= samples <= x.size(0):
         raise ValueError(f"samples={samples} is out of range (allowed: 1 to the batch's {x.size(0)} rows)")
     top, product = [], []
-    for jac in state_jacobians(model, x[:samples], dtype):  # (samples, T, n, n)
+    if state is not None:
+        state = [tuple(s[:samples] for s in layer) for layer in state]
+    for jac in state_jacobians(model, x[:samples], dtype, state):  # (samples, T, n, n)
         top.append(top_singular_values(jac).cpu().numpy())
         product.append(log10_product_norm(jac).cpu().numpy())
     return JacobianNorms(top_singular=np.stack(top), log10_product=np.stack(product))

@@ -131,6 +131,17 @@ class Probe:
     # probe, and it describes weights, which move slowly.
     spectra_every: int = 1
     at: tuple[int, ...] = ()  # more steps to probe, e.g. (0, 100, 1000)
+    # The state Jacobian along the first ``jacobian_samples`` samples' trajectories (0: off), on
+    # probed steps that are multiples of ``jacobian_every``: ~4 training steps' time for the
+    # default 4 x 64 LSTM (rnnlab/jacobians.py), so sparse by default.
+    jacobian_samples: int = 0
+    jacobian_every: int = 1
+    # The top ``lyapunov_k`` Lyapunov exponents at every probe (0: off; a run computes them at
+    # its end by default), driven by the probed batch's windows joined into at most
+    # ``lyapunov_steps`` steps, the first ``lyapunov_warmup`` discarded.
+    lyapunov_k: int = 0
+    lyapunov_steps: int = 1000
+    lyapunov_warmup: int = 100
     records: list[ProbeRecord] = field(default_factory=list)
     # (layer, direction) -> what the forward in flight handed that layer's scan: the tap dL/dh
     # (window, B, H), the input and initial state (for a float64 recompute), and the gradient
@@ -179,6 +190,11 @@ class Probe:
             spectral_radius=radius, max_singular=singular, w_share=self._shares(log_dh.shape),
             float32_underflow=underflow, unrepresentable=lost,
         )
+        if self.jacobian_samples and step % self.jacobian_every == 0:
+            record.jacobian_log10_sigma, record.jacobian_log10_product = self._jacobian(model, log_dh.shape[-1])
+        if self.lyapunov_k:
+            record.lyapunov = lyapunov(model, self._inputs[0, 0][0].detach(), self.lyapunov_k,
+                                       self.lyapunov_steps, self.lyapunov_warmup)
         self.records.append(record)
         self._taps, self._inputs, self._above, self._lags = {}, {}, {}, {}
         return record
@@ -268,6 +284,22 @@ class Probe:
                     above[layer - 1, 1] = grad_in[..., H:].flip(1)
         return logs
 
+    def _jacobian(self, model: nn.Module, T: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """log10 σ_1(J_t) (layers, samples, T; NaN before a truncation window) and log10 of the
+        window product's norm (layers, samples), along the probed batch's own trajectory from
+        the window's initial states; None where the Jacobian is not defined (a Transformer)."""
+        from rnnlab import jacobians
+
+        if jacobians.unsupported(model) is not None:
+            return None, None
+        x = self._inputs[0, 0][0].detach()
+        state = [self._inputs[layer, 0][1] for layer in range(len(model.layers))]
+        norms = jacobians.jacobian_norms(model, x, min(self.jacobian_samples, x.size(0)), x.dtype, state)  # training precision
+        with np.errstate(divide="ignore"):
+            sigma = np.log10(norms.top_singular)
+        before = np.full((*sigma.shape[:2], T - sigma.shape[-1]), np.nan)
+        return np.concatenate([before, sigma], -1), norms.log10_product
+
     def _shares(self, shape: tuple[int, ...]) -> np.ndarray:
         """(layers, directions, T) per-step shares of ||dL/dW_hh||^2 from the backwards' lag
         sums (<C_t, dW_hh>); 0 before the truncation window; NaN where a cell measures none."""
@@ -278,6 +310,18 @@ class Probe:
             if total > 0:
                 shares[key[0], key[1]] = np.concatenate([np.zeros(shape[-1] - len(lag)), lag / total])
         return shares
+
+
+def lyapunov(model: nn.Module, x: Tensor, k: int, steps: int, warmup: int) -> np.ndarray | None:
+    """(layers, k) top Lyapunov exponents (ln per step) of every layer driven by the windows of
+    x (B, T, I) joined end to end, at most ``steps`` of them (fewer when the batch holds fewer:
+    then the warm-up is at most half); None where the Jacobian is not defined (a Transformer)."""
+    from rnnlab import jacobians
+
+    if jacobians.unsupported(model) is not None:
+        return None
+    n = min(steps, x.size(0) * x.size(1))
+    return jacobians.lyapunov_exponents(model, jacobians.long_input(x, n), k, min(warmup, n // 2))
 
 
 def _bidirectional(model: nn.Module) -> bool:
@@ -467,11 +511,12 @@ _ARRAYS = ("log_dh", "log_dh_p10", "log_dh_p90", "w_share", "spectral_radius", "
            "jacobian_log10_sigma", "jacobian_log10_product", "lyapunov")
 
 
-def save_records(records: list[ProbeRecord], path: str | os.PathLike[str]) -> None:
+def save_records(records: list[ProbeRecord], path: str | os.PathLike[str], lyapunov_end: np.ndarray | None = None) -> None:
     """Every probe of a run in one compressed file: per probe the step, the (layer, direction,
     time) log10 norms with their batch percentiles and the W_hh lag shares, the global norms,
     clipping, the flags, the spectra, the Jacobian and Lyapunov arrays (NaN on probes that did
-    not measure them) and the group norms. ``dh`` is 10^log_dh, for readers of older files."""
+    not measure them) and the group norms; ``lyapunov_end``, the trained model's exponents
+    (layers, k), when the run computed them at its end. ``dh`` is 10^log_dh, for older readers."""
     keys = sorted({k for r in records for k in r.weight_norms})
     arrays = {name: _stack(records, name) for name in _ARRAYS}
     np.savez_compressed(
@@ -484,6 +529,7 @@ def save_records(records: list[ProbeRecord], path: str | os.PathLike[str]) -> No
         clipped=np.array([r.clipped for r in records]),
         float32_underflow=np.array([r.float32_underflow for r in records]),
         unrepresentable=np.array([r.unrepresentable for r in records]),
+        lyapunov_end=lyapunov_end if lyapunov_end is not None else np.zeros((0, 0)),
         weight_norm_keys=np.array(keys),
         weight_norms=np.array([[r.weight_norms.get(k, np.nan) for k in keys] for r in records]),
     )

@@ -219,6 +219,7 @@ class _Run:
         self.started = time.perf_counter()
         self.first_step: float | None = None
         self.last_state: Any = None  # the latest saved TrainState, marked finished at the end
+        self.lyapunov_end: Any = None  # (layers, k) exponents of the trained model, when probe.lyapunov.when=end
         c = self.config
         self.name = c.tracking.run_name or f"{c.cell.name}-d{c.depth}-h{c.hidden_size}-k{c.truncation}"
         resume = prepared.resume
@@ -242,6 +243,7 @@ class _Run:
         try:
             result = self._fit(stop, trial)
             final = self._test(result)
+            final.update(self._lyapunov(result.steps))
             self._artifacts()
             if self.last_state is not None:
                 self._save(self.last_state, finished=True)  # resume=auto must not pick it up again
@@ -303,7 +305,41 @@ class _Run:
         recurrent = any(p.requires_grad for p in self.model.layers.parameters())
         pc = self.config.probe
         wanted = pc.every or pc.at
-        return Probe(pc.every, pc.resolution, pc.spectra_every, at=tuple(pc.at)) if wanted and recurrent else None
+        if not (wanted and recurrent):
+            return None
+        ly = pc.lyapunov
+        return Probe(pc.every, pc.resolution, pc.spectra_every, at=tuple(pc.at), jacobian_samples=pc.jacobian_samples,
+                     jacobian_every=pc.jacobian_every, lyapunov_k=ly.k if ly.when == "probes" else 0,
+                     lyapunov_steps=ly.steps, lyapunov_warmup=ly.warmup)
+
+    def _lyapunov(self, step: int) -> dict[str, float]:
+        """The trained model's top Lyapunov exponents per layer (probe.lyapunov, when=end),
+        driven by the training inputs: batches joined end to end into probe.lyapunov.steps
+        steps. Logged at the last step, with the seconds they took."""
+        import numpy as np
+        import torch
+
+        from rnnlab import jacobians
+        from rnnlab.probe import lyapunov
+
+        ly = self.config.probe.lyapunov
+        self.lyapunov_end = None
+        if not ly.k or ly.when != "end" or jacobians.unsupported(self.model) is not None:
+            return {}
+        started = time.perf_counter()
+        windows, have = [], 0
+        for x, _ in self.p.data.batches("train", self.config.train.batch_size, np.random.default_rng(self.config.seed)):
+            windows.append(x)
+            have += x.size(0) * x.size(1)
+            if have >= ly.steps:
+                break
+        x = torch.cat(windows).to(self.p.device)
+        self.lyapunov_end = lyapunov(self.model, x, ly.k, ly.steps, ly.warmup)
+        metrics = {f"lyapunov/l{l}/{i}": float(v) for l, row in enumerate(self.lyapunov_end) for i, v in enumerate(row, 1)}
+        metrics["lyapunov_seconds"] = time.perf_counter() - started
+        self.tracker.log_metrics(metrics, step)
+        self.hooks.log(metrics, step)
+        return metrics
 
     def _fit(self, stop: Any, trial: Any) -> Any:
         """Gradient training, or the closed-form fit of a cell whose readout is solved (an ESN
@@ -420,11 +456,11 @@ class _Run:
         return "predictions.png"
 
     def _gradient_artifacts(self) -> list[str]:
-        from rnnlab.figures import plot_decay, plot_gradient_heatmaps
+        from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_lyapunov
         from rnnlab.probe import log_dh_matrix, save_records
 
         records = self.probe.records
-        save_records(records, self.output_dir / "gradients.npz")
+        save_records(records, self.output_dir / "gradients.npz", lyapunov_end=self.lyapunov_end)
         plot_gradient_heatmaps(log_dh_matrix(records), [r.step for r in records],
                                self.output_dir / "gradient_heatmaps.png", self.name)
         last = records[-1]
@@ -432,7 +468,15 @@ class _Run:
         plot_decay({f"layer {l}": last.log_dh[l, 0] for l in layers}, self.output_dir / "gradient_decay.png",
                    f"{self.name}: ||dL/dh_t|| at step {last.step}",
                    bands={f"layer {l}": (last.log_dh_p10[l, 0], last.log_dh_p90[l, 0]) for l in layers})
-        return ["gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"]
+        names = ["gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"]
+        spectrum, when = self.lyapunov_end, "after training"
+        if spectrum is None and last.lyapunov is not None:
+            spectrum, when = last.lyapunov, f"at step {last.step}"
+        if spectrum is not None:
+            plot_lyapunov({f"layer {l}": row for l, row in enumerate(spectrum)}, self.output_dir / "lyapunov.png",
+                          f"{self.name}: Lyapunov exponents {when}")
+            names.append("lyapunov.png")
+        return names
 
     def _stopped(self, stop: Any) -> Stopped:
         """A signal (or Ctrl-C) stopped training after a checkpoint: how to continue."""

@@ -441,3 +441,47 @@ def test_the_lag_shares_of_w_hh_sum_to_one_per_layer_and_direction_and_zero_befo
     mean_lag = summary_metrics(record)["w_hh_mean_lag/l0"]
     assert mean_lag == pytest.approx((record.w_share[0, 0] * np.arange(12)[::-1]).sum())
     assert 0 <= mean_lag <= 7 or not (record.w_share[0, 0] >= 0).all()  # within the window when no share is negative
+
+
+# ---------------------------------------------------------------- the Jacobian and Lyapunov exponents
+
+
+def test_a_probe_measures_the_state_jacobian_along_the_truncation_windows_own_trajectory():
+    from rnnlab import jacobians
+
+    torch.manual_seed(7)
+    model = StackedRNN("lstm", 3, 6, depth=2)
+    x, y = torch.randn(4, 12, 3), torch.randn(4, 1)
+    probe = Probe(every=1, jacobian_samples=2, jacobian_every=2)
+    for step in (1, 2):
+        out, _ = forward(model, x, None, False, 5, run=probe.scan)  # a window of 5, from the burn-in's state
+        model.zero_grad()
+        F.mse_loss(out, y).backward()
+        probe.record(model, step, max_norm=math.inf, length=12)
+    skipped, record = probe.records
+    assert skipped.jacobian_log10_sigma is None  # step 1 is not a multiple of jacobian_every
+    with torch.no_grad():
+        _, state = model(x[:, :7])  # the state the window starts from
+    expected = jacobians.jacobian_norms(model, x[:, 7:], samples=2, dtype=torch.float64, state=state)
+    assert record.jacobian_log10_sigma.shape == (2, 2, 12) and np.isnan(record.jacobian_log10_sigma[..., :7]).all()
+    np.testing.assert_allclose(record.jacobian_log10_sigma[..., 7:], np.log10(expected.top_singular), atol=1e-10)
+    np.testing.assert_allclose(record.jacobian_log10_product, expected.log10_product, atol=1e-10)
+    from_zero = jacobians.jacobian_norms(model, x[:, 7:], samples=2, dtype=torch.float64)
+    assert not np.allclose(from_zero.log10_product, record.jacobian_log10_product, atol=1e-6)  # the state matters
+    metrics = summary_metrics(record)
+    assert metrics["jacobian_log10_sigma/l1"] == pytest.approx(np.nanmean(record.jacobian_log10_sigma[1]))
+    assert metrics["jacobian_log10_product/l0"] == pytest.approx(record.jacobian_log10_product[0].mean())
+
+
+def test_for_a_linear_recurrence_the_decay_rate_jacobian_and_top_lyapunov_exponent_agree():
+    model = linear_model(0.7, orthogonal=True)
+    probe = Probe(every=1, jacobian_samples=1, lyapunov_k=2, lyapunov_steps=200, lyapunov_warmup=20)
+    out, _ = forward(model, torch.randn(8, 40, 2), None, False, 0, run=probe.scan)
+    F.mse_loss(out, torch.randn(8, 1)).backward()
+    metrics = summary_metrics(probe.record(model, 0, max_norm=math.inf))
+    log10_a = math.log10(0.7)
+    assert metrics["decay_rate/l0"] == pytest.approx(log10_a, abs=1e-9)
+    assert metrics["jacobian_log10_sigma/l0"] == pytest.approx(log10_a, abs=1e-9)
+    assert metrics["jacobian_log10_product/l0"] == pytest.approx(40 * log10_a, abs=1e-8)
+    assert metrics["lyapunov/l0/1"] / math.log(10) == pytest.approx(log10_a, abs=1e-9)
+    assert metrics["lyapunov/l0/2"] == pytest.approx(math.log(0.7), abs=1e-9)  # every direction: a Q is normal

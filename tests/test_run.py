@@ -83,3 +83,22 @@ def test_a_stop_saves_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
     resumed = run(compose([*UNTRACKED, f"resume={tmp_path / 'run'}"]), output_dir=tmp_path / "again")
     whole = run(compose(UNTRACKED), output_dir=tmp_path / "whole")
     assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]  # bit for bit on CPU
+
+
+def test_a_run_ends_with_its_lyapunov_exponents_in_mlflow_keys_the_npz_and_a_figure(tmp_path):
+    import numpy as np
+
+    from rnnlab.probe import load_records
+
+    extra = ["probe.lyapunov.k=3", "probe.lyapunov.steps=120", "probe.lyapunov.warmup=20"]
+    result = run(compose([*UNTRACKED, *extra]), output_dir=tmp_path / "run")
+    keys = {f"lyapunov/l{l}/{i}" for l in (0, 1) for i in (1, 2, 3)}
+    assert keys <= set(result.metrics) and result.metrics["lyapunov_seconds"] > 0
+    for l in (0, 1):  # largest first
+        assert result.metrics[f"lyapunov/l{l}/1"] >= result.metrics[f"lyapunov/l{l}/2"] >= result.metrics[f"lyapunov/l{l}/3"]
+    saved = load_records(tmp_path / "run" / "gradients.npz")["lyapunov_end"]
+    assert saved.shape == (2, 3) and saved[1, 0] == result.metrics["lyapunov/l1/1"]
+    assert (tmp_path / "run" / "lyapunov.png").stat().st_size > 0
+    off = run(compose([*UNTRACKED, "probe.lyapunov.k=0"]), output_dir=tmp_path / "off")
+    assert not any(k.startswith("lyapunov") for k in off.metrics) and not (tmp_path / "off" / "lyapunov.png").exists()
+    assert np.isfinite(saved).all()
