@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_predictions
+from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_lyapunov, plot_predictions
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,13 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def _draw_all(folder: Path) -> list[Path]:
     rng = np.random.default_rng(0)
     t = np.arange(48)
-    dh = rng.uniform(1e-6, 1.0, size=(5, 2, 1, 48))  # probes x layers x directions x T
-    dh[0, 0, 0, :3] = np.nan  # not measured
+    log_dh = np.log10(rng.uniform(1e-6, 1.0, size=(5, 2, 1, 48))) - 0.3 * np.arange(48)[::-1]  # probes x layers x directions x T
+    log_dh[0, 0, 0, :3] = np.nan  # not measured
+    log_dh[:, :, :, :2] = -np.inf  # before a truncation window
     return [
         plot_predictions(t, np.sin(t / 5), {"model": np.sin(t / 5) + 0.1, "persistence": np.sin((t - 1) / 5)},
                          folder / "predictions.png", "a title", unit="°C"),
-        plot_gradient_heatmaps(dh, [10, 20, 30, 40, 50], folder / "heatmaps.png"),
-        plot_decay({"layer 0": dh[-1, 0, 0], "layer 1": dh[-1, 1, 0]}, folder / "decay.png", "decay"),
+        plot_gradient_heatmaps(log_dh, [0, 10, 20, 30, 40], folder / "heatmaps.png", "a run"),
+        plot_decay({"layer 0": log_dh[-1, 0, 0], "layer 1": log_dh[-1, 1, 0]}, folder / "decay.png", "decay",
+                   bands={"layer 0": (log_dh[-1, 0, 0] - 1, log_dh[-1, 0, 0] + 1)}),
+        plot_lyapunov({"layer 0": [0.1, -0.2, -0.5], "layer 1": [-0.3, -0.4, -0.9]}, folder / "lyapunov.png", "exponents"),
     ]
 
 
@@ -51,4 +54,4 @@ print(json.dumps({{"backend": matplotlib.get_backend(), "pyplot": "matplotlib.py
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
-    assert seen == {"backend": "svg", "pyplot": False, "pngs": [True, True, True]}
+    assert seen == {"backend": "svg", "pyplot": False, "pngs": [True, True, True, True]}
