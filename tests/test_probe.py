@@ -59,17 +59,27 @@ def probed(model: StackedRNN, x, y, resolution=1, truncation=0):
     return probe.record(model, 1, max_norm=math.inf, length=x.size(1))
 
 
+@pytest.fixture(params=[False, True], ids=["taps", "replayed"])
+def replay(request, monkeypatch):
+    """Both ways the probe gets its norms: from the training's taps, and from the float64
+    replay it runs when float32 lost steps (forced here by calling every norm lost)."""
+    if request.param:
+        monkeypatch.setattr("rnnlab.probe.TINY", math.inf)
+    return request.param
+
+
 @pytest.mark.parametrize("cell", RECURRENT)
-def test_captured_norms_equal_the_autograd_reference_for_every_cell(cell):
+def test_captured_norms_equal_the_autograd_reference_for_every_cell(cell, replay):
     torch.manual_seed(0)
     model = StackedRNN(cell, 3, 8, depth=3)
     x, y = torch.randn(5, 9, 3), torch.randn(5, 1)
     record = probed(model, x, y)
+    assert record.float32_underflow == replay and record.unrepresentable == 0
     np.testing.assert_allclose(record.dh[:, 0], reference_dh(model, x, y), rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_coarser_resolution_keeps_every_kth_step_back_from_the_last_and_truncation_zeroes_the_rest(cell):
+def test_coarser_resolution_keeps_every_kth_step_back_from_the_last_and_truncation_zeroes_the_rest(cell, replay):
     torch.manual_seed(1)
     model = StackedRNN(cell, 3, 6, depth=2)
     x, y = torch.randn(4, 10, 3), torch.randn(4, 1)
@@ -166,7 +176,7 @@ def test_summary_metrics_are_few_and_per_layer():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
-def test_both_directions_of_a_bidirectional_stack_equal_the_autograd_reference(cell):
+def test_both_directions_of_a_bidirectional_stack_equal_the_autograd_reference(cell, replay):
     """The backward cell reads the sequence reversed; its dL/dh is stored at the time step
     it belongs to (h←_t), so both rows share one time axis."""
     torch.manual_seed(6)
@@ -193,6 +203,7 @@ def test_both_directions_of_a_bidirectional_stack_equal_the_autograd_reference(c
         direction, layer = divmod(which, 2)
         reference[layer, direction, t if direction == 0 else T - 1 - t] = g.norm(dim=-1).mean().item()
     record = probed(model, x, y)
+    assert record.float32_underflow == replay
     np.testing.assert_allclose(record.dh, reference, rtol=1e-10, atol=1e-14)
 
 
