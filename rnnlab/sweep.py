@@ -51,14 +51,18 @@ class SweepError(ValueError):
     """Bad sweep input or an unusable storage; the message is one line, ready for the user."""
 
 
-def check_job(raw: dict[str, Any]) -> None:
-    """A composed job config (plain dict) must pass rnnlab's schema: the sweeper checks one
-    per choice and per bound before the first trial, as preflight does for a grid."""
-    from rnnlab.config import ConfigError, validate
+def check_job(raw: dict[str, Any], cache: dict[str, Any] | None = None) -> None:
+    """A composed job config (plain dict) must pass what the entry point checks for every job
+    of a command (rnnlab.compose.check_jobs: the schema, then the cell, data and paths). The
+    sweeper checks one per choice and per bound before the study is opened; ``cache``, shared
+    by those checks, loads equal data once."""
+    from rnnlab.compose import check_jobs
+    from rnnlab.config import ConfigError
+    from rnnlab.run import RunError
 
     try:
-        validate(raw)
-    except ConfigError as e:
+        check_jobs([raw], cache=cache)
+    except (ConfigError, RunError) as e:
         raise SweepError(str(e)) from None
 
 

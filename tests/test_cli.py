@@ -68,6 +68,9 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir)
         # an Optuna sweep's fixed values are checked before its study exists
         (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "train.lr=interval(1e-4,1e-2)", "cell=transformer",
           "hidden_size=10"], "rnnlab: error: cell.heads=4: must divide hidden_size=10"),
+        # and each choice and bound of its search space, by the same checks (a bound only the model refuses)
+        (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "cell=transformer", "hidden_size=int(interval(8,10))"],
+         "rnnlab: error: cell.heads=4: must divide hidden_size=10 (in the search space at hidden_size=10)"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir, args, message):

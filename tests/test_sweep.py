@@ -174,6 +174,29 @@ def one_line_exit(capsys, call) -> str:
     return err
 
 
+@pytest.mark.parametrize("args,message", [
+    # a fixed value: the model refuses it (rnnlab.run.prepare), not the schema
+    (["cell=transformer", "hidden_size=10", "train.lr=interval(1e-4,1e-2)"], "cell.heads=4: must divide hidden_size=10 (in the search space)"),
+    # a sampled bound that only the model refuses
+    (["cell=transformer", "hidden_size=int(interval(8,10))"], "cell.heads=4: must divide hidden_size=10 (in the search space at hidden_size=10)"),
+    (["cell=indrnn", "cell.u_max=interval(-1,1)"], "cell.u_max=-1.0 must be > 0 (or null: unbounded) (in the search space)"),
+])
+def test_the_sweepers_plan_checks_each_job_as_the_entry_point_does_before_anything_exists(args, message, tmp_path, monkeypatch, capsys):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import HydraContext
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        sweeper = a_sweeper()
+        sweeper.config = compose("config", overrides=["hydra/sweeper=optuna"], return_hydra_config=True)
+        sweeper.hydra_context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
+        assert one_line_exit(capsys, lambda: sweeper.plan(args)) == f"rnnlab: error: {message}"
+        fixed, space, _ = sweeper.plan(["cell=transformer", "hidden_size=choice(8,16)"])  # the same plan, good values
+    assert fixed == ["cell=transformer"] and space == {"hidden_size": CategoricalDistribution([8, 16])}
+    assert list(tmp_path.iterdir()) == []  # no outputs/: no study, no run, no folder
+
+
 def test_the_issues_pruner_is_refused_by_name_with_the_allowed_ones():
     spec = {"_target_": "subprocess.check_output", "args": ["echo", "x"]}
     with pytest.raises(sweep.SweepError) as info:
