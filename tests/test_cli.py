@@ -38,14 +38,14 @@ def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
     assert "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db" in result.stdout
 
 
-def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(workdir):
-    result = run_cli(["-m", *TINY, "cell=rnn,lstm", "train.epochs=1"], workdir)
+def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(tracked_workdir):
+    result = run_cli(["-m", *TINY, "cell=rnn,lstm", "train.epochs=1"], tracked_workdir)
     assert result.returncode == 0, result.stderr
-    client = store(workdir)
+    client = store(tracked_workdir)
     runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["lstm-d2-h8-k0", "rnn-d2-h8-k0"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert not (workdir / "multirun").exists() and (workdir / "outputs" / "multirun").is_dir()
+    assert not (tracked_workdir / "multirun").exists() and (tracked_workdir / "outputs" / "multirun").is_dir()
 
 
 # As a user runs them: the cases that pass each stage of a command before Hydra's (the cheap
@@ -93,7 +93,7 @@ def test_mlflow_tracking_uri_from_the_environment_selects_the_store(workdir):
     assert (workdir / "elsewhere.db").exists() and not (workdir / "outputs" / "mlflow.db").exists()
 
 
-def test_own_csv_data_trains(workdir):
+def test_own_csv_data_trains(tracked_workdir):
     import numpy as np
 
     t = np.arange(600)
@@ -101,10 +101,10 @@ def test_own_csv_data_trains(workdir):
         f"2024-01-01T00:00:00,{np.sin(i / 5):.5f},{np.cos(i / 7):.5f}".replace("2024-01-01T00:00:00", str(np.datetime64("2024-01-01T00") + i))
         for i in t
     ]
-    (workdir / "mine.csv").write_text("\n".join(rows) + "\n")
+    (tracked_workdir / "mine.csv").write_text("\n".join(rows) + "\n")
     args = ["data=csv", "data.path=mine.csv", "data.time_column=stamp", "data.target=load", "data.lookback=20",
             "depth=1", "hidden_size=8", "train.epochs=1", "train.steps_per_epoch=3", "quiet=true"]
-    result = run_cli(args, workdir)
+    result = run_cli(args, tracked_workdir)
     assert result.returncode == 0, result.stderr
     assert "RMSE" in result.stdout and "in load units" in result.stdout
 

@@ -468,20 +468,20 @@ def test_resuming_with_another_search_space_is_refused_before_writing(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_with_pruning_fills_the_study_and_mlflow_parent_and_children(workdir):
+def test_a_sweep_with_pruning_fills_the_study_and_mlflow_parent_and_children(tracked_workdir):
     from mlflow.tracking import MlflowClient
 
     args = ["-m", "hydra/sweeper=optuna", *TINY, "train.epochs=4", "train.patience=0",
             "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.n_startup_trials=2",
             "hydra/sweeper/sampler=random", "train.lr=tag(log,interval(1e-4,3e-2))", "cell=choice(rnn,gru)"]
-    result = run_cli(args, workdir)
+    result = run_cli(args, tracked_workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = load(workdir)
+    study = load(tracked_workdir)
     states = [t.state for t in study.trials]
     assert len(states) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert TrialState.PRUNED in states  # seeded sampler, CPU-deterministic training
     assert all(t.intermediate_values for t in study.trials)  # val_loss reported every epoch
-    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tracked_workdir}/outputs/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
     (parent,) = [r for r in runs if "rnnlab.trial" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
