@@ -175,17 +175,27 @@ def one_line_exit(capsys, call) -> str:
 
 
 @pytest.mark.parametrize("args,message", [
+    # the grammar and the keys
+    (["train.lr=interval(1e-2,1e-4)"], "train.lr=interval(0.01,0.0001): low > high"),
+    (["train.lr=tag(log,interval(0,1e-2))"], "train.lr: log scale needs bounds > 0 (got interval(0.0,0.01))"),
+    (["nokey=interval(0,1)"], "nokey is not a key of the config (see python -m rnnlab --cfg job)"),
+    (["cell=choice(lstm,rnn)", "cell.forget_bias=interval(0,2)"],
+     "cell.forget_bias is not a key of the config when cell=rnn (see python -m rnnlab --cfg job)"),
+    (["hidden_size=choice()"], "Error parsing override 'hidden_size=choice()' ValueError while evaluating 'choice()': empty choice is not legal"),
+    # a bound the schema refuses
+    (["dropout=interval(0,1)"], "dropout=1.0 is out of range (allowed: >= 0 and < 1) (in the search space at dropout=1.0)"),
     # a fixed value: the model refuses it (rnnlab.run.prepare), not the schema
     (["cell=transformer", "hidden_size=10", "train.lr=interval(1e-4,1e-2)"], "cell.heads=4: must divide hidden_size=10 (in the search space)"),
     # a sampled bound that only the model refuses
     (["cell=transformer", "hidden_size=int(interval(8,10))"], "cell.heads=4: must divide hidden_size=10 (in the search space at hidden_size=10)"),
     (["cell=indrnn", "cell.u_max=interval(-1,1)"], "cell.u_max=-1.0 must be > 0 (or null: unbounded) (in the search space)"),
 ])
-def test_the_sweepers_plan_checks_each_job_as_the_entry_point_does_before_anything_exists(args, message, tmp_path, monkeypatch, capsys):
+def test_the_sweepers_plan_refuses_bad_space_input_in_one_line_before_anything_exists(args, message, tmp_path, monkeypatch, capsys):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import HydraContext
 
+    # Each job is checked as the entry point checks one (rnnlab.compose.check_jobs).
     monkeypatch.chdir(tmp_path)
     with initialize_config_module("rnnlab.conf", version_base="1.3"):
         sweeper = a_sweeper()
@@ -647,13 +657,9 @@ def test_bad_sweep_input_is_one_line_before_any_trial_and_leaves_the_study_alone
     before = journal.read_bytes()
     common = [*SWEEP, "hydra.sweeper.study_name=kept", "hydra.sweeper.n_trials=2"]
     marker = workdir / "MARKER"
+    # The plan's own refusals (grammar, keys, each job's checks) are tested in-process above
+    # (test_the_sweepers_plan_refuses_bad_space_input_...); these pass through the rest of a sweep's start.
     cases = [
-        (["train.lr=interval(1e-2,1e-4)"], "rnnlab: error: train.lr=interval(0.01,0.0001): low > high"),
-        (["train.lr=tag(log,interval(0,1e-2))"], "rnnlab: error: train.lr: log scale needs bounds > 0 (got interval(0.0,0.01))"),
-        (["nokey=interval(0,1)"], "rnnlab: error: nokey is not a key of the config (see python -m rnnlab --cfg job)"),
-        (["cell=choice(lstm,rnn)", "cell.forget_bias=interval(0,2)"],
-         "rnnlab: error: cell.forget_bias is not a key of the config when cell=rnn (see python -m rnnlab --cfg job)"),
-        (["hidden_size=choice()"], "rnnlab: error: Error parsing override 'hidden_size=choice()' ValueError while evaluating 'choice()': empty choice is not legal"),
         (["dropout=interval(0,1)"], "rnnlab: error: dropout=1.0 is out of range (allowed: >= 0 and < 1) (in the search space at dropout=1.0)"),
         (["train.lr=interval(1e-4,1e-2)"], "rnnlab: error: study 'kept' exists with another search space (differs in train.lr): "
          "re-run its own command to resume it, or use a new hydra.sweeper.study_name"),
