@@ -79,26 +79,17 @@ def fail(message: str) -> None:
 
 def preflight(argv: list[str]) -> None:
     """Check every job of this command before Hydra creates its first folder."""
-    from rnnlab.compose import jobs
-    from rnnlab.config import ConfigError, check_common, validate
+    from rnnlab.compose import check_jobs, jobs
+    from rnnlab.config import ConfigError
+    from rnnlab.run import RunError  # no torch: rnnlab.run imports it where it is used
 
     try:
         raws = list(jobs(argv))
-        for raw in raws:  # what needs no torch first, for every job: a bad depth answers at once
-            check_common(raw)
-        configs = [validate(raw) for raw in raws]
-    except ConfigError as e:
+        kept = check_jobs(raws, keep=_KEEP_PREPARED)
+    except (ConfigError, RunError) as e:
         fail(str(e))
-    from rnnlab.run import RunError, prepare
-
-    cache: dict[str, Any] = {}  # jobs with equal data load it once (rnnlab.run.prepare)
-    for raw, config in zip(raws, configs):
-        try:
-            prepared = prepare(config, cache=cache)
-        except RunError as e:
-            fail(str(e))
-        if len(_PREPARED) < _KEEP_PREPARED:  # the first jobs reuse what was built for them here
-            _PREPARED[_job_key(raw)] = prepared
+    for raw, prepared in zip(raws, kept):  # the first jobs reuse what was built for them here
+        _PREPARED[_job_key(raw)] = prepared
 
 
 def _job_key(raw: dict[str, Any]) -> str:

@@ -172,6 +172,56 @@ def _write_lags(tap: Tap | None, terms: list[tuple[Tensor, Tensor, Tensor]]) -> 
         total = total + m.mul_(da).sum(2).double().sum(1)
     tap.w_lag.copy_(total)
 
+def _gated_lstm_setup(
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, bias: Tensor, w_hh: Tensor, peep: Tensor | None,
+    w_ss: Tensor | None, cfg: tuple,
+) -> tuple[tuple, tuple, tuple, tuple, tuple]:
+    """GatedLSTM.forward's buffers, views and weights, made once before its loop, in five groups:
+
+    buffers   (z, hs, cs, sig, gs, outs, w): the (T(+1), B, ·) tensors the loop fills, and W
+    steps     (z_at, h_at, c_at, g_at, out_at, early, late): their per-step views
+    pre       (a, a_sig, a_g, a_early, a_early_at, a_late): views of one step's pre-activations
+    gates     (i_at, f_at, o_at): gates i, f, o per step, None where the variant drops one
+    operands  (w_f, bias_f, w_ss_t, p_early, p_late, minus_one, c2): the weights as mm and the
+              loop take them, and two (B, H) constants/scratch
+    """
+    flags, names, E = cfg
+    T, B, I = x.shape
+    H, S = h0.size(1), len(names)
+    # z[t] = [x_t, h_{t-1}]: a step's pre-activations are one product with [W_ih, W_hh]
+    # (K = I + H). Hoisting x W_ih^T out of the loop instead costs more: a (T*B, I) x (I, 4H)
+    # product runs at ~34 GMAC/s here against ~45 for the per-step one, and its (T, B, 4H)
+    # result is another 13 MB pass at T = 200.
+    z = x.new_empty(T + 1, B, I + H)
+    z[:T, :, :I] = x
+    z[T, :, :I] = 0
+    hs = z[:, :, I:]  # h_{t-1} at t: hs[0] = h0, hs[t + 1] = h_t
+    cs = x.new_empty(T + 1, B, H)
+    hs[0], cs[0] = h0, c0
+    sig = x.new_empty(T, B, S * H)  # sigmoid gate activations
+    gs = x.new_empty(T, B, H)  # g after its activation
+    outs = cs[1:] if "NOAF" in flags else x.new_empty(T, B, H)  # tanh(c_t), or c_t (NOAF)
+    # act[name][t] is gate `name` at step t, (B, H).
+    act = {n: v.unbind(0) for n, v in zip(names, sig.split(H, 2))}
+    f_at = None if "CIFG" in flags else act.get("f")
+    steps = (z[:T].unbind(0), hs.unbind(0), cs.unbind(0), gs.unbind(0), outs.unbind(0),
+             sig[:, :, : E * H].unbind(0), sig[:, :, E * H :].unbind(0))
+    a = x.new_empty(B, w_hh.size(0))  # one step's pre-activations, overwritten each step
+    pre = (a, a[:, : S * H], a[:, S * H :], a[:, : E * H], a[:, : E * H].split(H, 1), a[:, E * H : S * H])
+    w = torch.cat([w_ih, w_hh], 1)
+    # tanh(x) = 2 σ(2x) - 1: torch.tanh of one step's (B, H) costs 12-20 us here, sigmoid
+    # and an add ~5 (float32 error ~1e-7 absolute). g's rows of W and b are doubled once.
+    w_f = w
+    if "NIAF" not in flags:
+        w_f = torch.cat([w[: S * H], 2 * w[S * H :]])
+        bias = torch.cat([bias[: S * H], 2 * bias[S * H :]])
+    operands = (
+        w_f.t(), bias, None if w_ss is None else w_ss.t(),  # mm takes weights transposed
+        None if peep is None or not E else peep[:E].unbind(0), None if peep is None or E == S else peep[E],
+        x.new_full((B, H), -1.0), x.new_empty(B, H),
+    )
+    return (z, hs, cs, sig, gs, outs, w), steps, pre, (act.get("i"), f_at, act.get("o")), operands
+
 
 class GatedLSTM(torch.autograd.Function):
     """The LSTM family of cells._GatedLSTM: gates stacked [sigmoid gates in order i, f, o | g].
@@ -190,46 +240,18 @@ class GatedLSTM(torch.autograd.Function):
         peep: Tensor | None, w_ss: Tensor | None, cfg: tuple, tap: Tap | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         flags, names, E = cfg
-        T, B, I = x.shape
-        H, S = h0.size(1), len(names)
-        # z[t] = [x_t, h_{t-1}]: a step's pre-activations are one product with [W_ih, W_hh]
-        # (K = I + H). Hoisting x W_ih^T out of the loop instead costs more: a (T*B, I) x (I, 4H)
-        # product runs at ~34 GMAC/s here against ~45 for the per-step one, and its (T, B, 4H)
-        # result is another 13 MB pass at T = 200.
-        z = x.new_empty(T + 1, B, I + H)
-        z[:T, :, :I] = x
-        z[T, :, :I] = 0
-        hs = z[:, :, I:]  # h_{t-1} at t: hs[0] = h0, hs[t + 1] = h_t
-        cs = x.new_empty(T + 1, B, H)
-        hs[0], cs[0] = h0, c0
-        sig = x.new_empty(T, B, S * H)  # sigmoid gate activations
-        gs = x.new_empty(T, B, H)  # g after its activation
-        outs = cs[1:] if "NOAF" in flags else x.new_empty(T, B, H)  # tanh(c_t), or c_t (NOAF)
-        # act[name][t] is gate `name` at step t, (B, H); None where the variant drops the gate.
-        act = {n: v.unbind(0) for n, v in zip(names, sig.split(H, 2))}
-        i_at, o_at = act.get("i"), act.get("o")
-        f_at = None if "CIFG" in flags else act.get("f")
-        early, late = sig[:, :, : E * H].unbind(0), sig[:, :, E * H :].unbind(0)
-        h_at, c_at, g_at, out_at = hs.unbind(0), cs.unbind(0), gs.unbind(0), outs.unbind(0)
-        a = x.new_empty(B, w_hh.size(0))  # one step's pre-activations, overwritten each step
-        a_sig, a_g = a[:, : S * H], a[:, S * H :]
-        a_early, a_late = a[:, : E * H], a[:, E * H : S * H]
-        w = torch.cat([w_ih, w_hh], 1)
-        # tanh(x) = 2 σ(2x) - 1: torch.tanh of one step's (B, H) costs 12-20 us here, sigmoid
-        # and an add ~5 (float32 error ~1e-7 absolute). g's rows of W and b are doubled once.
+        S, T = len(names), x.size(0)
         niaf, noaf, cifg = "NIAF" in flags, "NOAF" in flags, "CIFG" in flags
-        w_f = w
-        if not niaf:
-            w_f = torch.cat([w[: S * H], 2 * w[S * H :]])
-            bias = torch.cat([bias[: S * H], 2 * bias[S * H :]])
-        w_f, w_ss_t = w_f.t(), None if w_ss is None else w_ss.t()  # mm takes weights transposed
-        minus_one, c2 = x.new_full((B, H), -1.0), x.new_empty(B, H)
-        p_early = None if peep is None or not E else peep[:E].unbind(0)
-        a_early_at = a_early.split(H, 1)  # each early gate's (B, H) view
-        p_late = None if peep is None or E == S else peep[E]
+        # Everything the loop touches is a local made before it (see _gated_lstm_setup).
+        buffers, steps, pre, gates, operands = _gated_lstm_setup(x, h0, c0, w_ih, bias, w_hh, peep, w_ss, cfg)
+        z, hs, cs, sig, gs, outs, w = buffers
+        z_at, h_at, c_at, g_at, out_at, early, late = steps
+        a, a_sig, a_g, a_early, a_early_at, a_late = pre
+        i_at, f_at, o_at = gates
+        w_f, bias_f, w_ss_t, p_early, p_late, minus_one, c2 = operands
         s = s0
-        for t, z_t in enumerate(z[:T].unbind(0)):
-            mm(z_t, w_f, bias, out=a)
+        for t, z_t in enumerate(z_at):
+            mm(z_t, w_f, bias_f, out=a)
             if w_ss_t is not None:  # FGR: the sigmoid gates read the last step's sigmoid gates
                 a_sig.add_(mm(s, w_ss_t))
                 s = sig[t]

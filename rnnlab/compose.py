@@ -3,7 +3,8 @@
     compose(["cell=gru", "depth=2"])              -> Config     (what `python -m rnnlab ...` would run)
     jobs(["-m", "cell=rnn,gru", "depth=1,2,4"])   -> every job's composed config, as plain dicts
 
-``jobs`` is what lets the entry point check a grid of any size before Hydra creates a folder:
+``jobs`` is what lets the entry point check a grid of any size before Hydra creates a folder
+(``check_jobs``, the one way rnnlab checks input: the entry point and the sweeper both call it):
 Hydra's own compose costs ~70 ms a job here, so it runs once per combination of config-group
 choices (``cell=``, ``data=``: they change the config's shape) and each job's value overrides
 (``depth=4``, ``+train.x=1``, ``~probe``) are then applied to a copy of that base with the
@@ -15,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import itertools
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rnnlab.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from rnnlab.run import Prepared
 
 CONFIG_MODULE = "rnnlab.conf"
 
@@ -57,6 +61,30 @@ def jobs(argv: list[str]) -> Iterator[dict[str, Any]]:
                     yield OmegaConf.to_container(cfg, resolve=True)
                 except Exception as e:  # interpolation errors and the like
                     raise ConfigError(_one_line(e)) from None
+
+
+def check_jobs(raws: Sequence[dict[str, Any]], keep: int = 0, cache: dict[str, Any] | None = None) -> list[Prepared]:
+    """Check composed jobs (plain dicts, as ``jobs`` gives them) before anything is written:
+    what needs no torch for every job first (config.check_common: a bad ``depth`` answers at
+    once), then each job's schema (config.validate), then its cell, data and paths
+    (rnnlab.run.prepare). Raises ConfigError or RunError, one line.
+
+    Returns the first ``keep`` jobs' Prepared; the others are let go once checked, since each
+    holds its data. ``cache``: shared by calls whose jobs may share data (see prepare)."""
+    from rnnlab.config import check_common, validate
+
+    for raw in raws:
+        check_common(raw)
+    configs = [validate(raw) for raw in raws]
+    from rnnlab.run import prepare  # imports torch: after the cheap checks of every job
+
+    cache = {} if cache is None else cache
+    kept = []
+    for config in configs:
+        prepared = prepare(config, cache=cache)
+        if len(kept) < keep:
+            kept.append(prepared)
+    return kept
 
 
 def _axes(argv: list[str]) -> tuple[list[list[str]], list[list[Any]]]:

@@ -1,9 +1,10 @@
-"""The figures a run and ``python -m rnnlab.compare`` write, as PNG files.
+"""The figures a run, a sweep and ``python -m rnnlab.compare`` write, as PNG files.
 
-Drawn on ``matplotlib.figure.Figure`` objects, never through pyplot: pyplot keeps global state
-(a current figure, a backend it picks and a window manager), and switching its backend from
-here (``matplotlib.use("Agg")``) would change a notebook user's backend behind their back.
-A ``Figure`` saved with ``savefig`` renders to the file with Agg and touches nothing global.
+Drawn on ``matplotlib.figure.Figure`` objects, never through matplotlib's state-machine
+interface: that keeps global state (a current figure, a backend it picks and a window
+manager), and choosing a backend from here would change a notebook user's backend behind
+their back. A ``Figure`` saved with ``savefig`` renders to the file with Agg and touches
+nothing global.
 """
 from __future__ import annotations
 
@@ -121,3 +122,30 @@ def _colors(n: int) -> list[Any]:
     from matplotlib import colormaps
 
     return [colormaps["tab10"](i % 10) for i in range(n)]
+
+def plot_sweep(numbers: Any, values: Any, importances: dict[str, float], folder: Path, name: str, title: str,
+               maximize: bool = False) -> list[Path]:
+    """A sweep's figures for its objective ``name``: history_<name>.png, each finished trial's
+    value (dots, by trial number) and the best so far (a step line); importance_<name>.png, one
+    bar per hyperparameter, the largest at the top (only when ``importances`` has any)."""
+    order = np.argsort(numbers)
+    numbers, values = np.asarray(numbers)[order], np.asarray(values, dtype=float)[order]
+    best = (np.fmax if maximize else np.fmin).accumulate(values)  # fmin/fmax: a NaN never becomes the best
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.scatter(numbers, values, s=16, color="tab:blue", label=name)
+    ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.set(xlabel="trial", ylabel=name, title=f"{title}: optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths = [folder / f"history_{name}.png"]
+    fig.savefig(paths[-1], dpi=100)
+    if importances:
+        ranked = sorted(importances.items(), key=lambda item: item[1])
+        fig = _figure(figsize=(6, 0.5 + 0.4 * len(ranked)))
+        ax = fig.subplots()
+        ax.barh([label for label, _ in ranked], [value for _, value in ranked], color="tab:blue")
+        ax.set(xlabel=f"fANOVA importance for {name}", title=f"{title}: hyperparameter importance")
+        paths.append(folder / f"importance_{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+    return paths

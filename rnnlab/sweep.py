@@ -51,14 +51,18 @@ class SweepError(ValueError):
     """Bad sweep input or an unusable storage; the message is one line, ready for the user."""
 
 
-def check_job(raw: dict[str, Any]) -> None:
-    """A composed job config (plain dict) must pass rnnlab's schema: the sweeper checks one
-    per choice and per bound before the first trial, as preflight does for a grid."""
-    from rnnlab.config import ConfigError, validate
+def check_job(raw: dict[str, Any], cache: dict[str, Any] | None = None) -> None:
+    """A composed job config (plain dict) must pass what the entry point checks for every job
+    of a command (rnnlab.compose.check_jobs: the schema, then the cell, data and paths). The
+    sweeper checks one per choice and per bound before the study is opened; ``cache``, shared
+    by those checks, loads equal data once."""
+    from rnnlab.compose import check_jobs
+    from rnnlab.config import ConfigError
+    from rnnlab.run import RunError
 
     try:
-        validate(raw)
-    except ConfigError as e:
+        check_jobs([raw], cache=cache)
+    except (ConfigError, RunError) as e:
         raise SweepError(str(e)) from None
 
 
@@ -551,37 +555,19 @@ def summarize(study: optuna.Study, objectives: Sequence[str], out_dir: Path, imp
 
 
 def _figures(study: optuna.Study, objectives: Sequence[str], out_dir: Path, rows: list[tuple[str, str, float]]) -> list[Path]:
-    """Optimisation history (Optuna's plot) and importance bars per objective. The bars are
-    drawn from the importances already computed: Optuna's own plot would refit fANOVA."""
-    import warnings
+    """Optimisation history and importance bars per objective, drawn by rnnlab.figures: Optuna's
+    matplotlib plots draw on matplotlib's global state, and its importance plot would refit
+    fANOVA where the importances are computed already."""
+    from optuna.trial import TrialState
 
-    import matplotlib
+    from rnnlab.figures import plot_sweep
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     paths = []
     for i, name in enumerate(objectives):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "experimental" warnings
-            if len(objectives) > 1:
-                ax = vis.plot_optimization_history(study, target=lambda t, i=i: t.values[i], target_name=name)
-            else:
-                ax = vis.plot_optimization_history(study, target_name=name)
-        paths.append(out_dir / f"history_{name}.png")
-        ax.figure.savefig(paths[-1], dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
-        mine = sorted((value, param) for objective, param, value in rows if objective == name)
-        if not mine:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(mine)), layout="constrained")
-        ax.barh([p for _, p in mine], [v for v, _ in mine], color="tab:blue")
-        ax.set_xlabel(f"fANOVA importance for {name}")
-        ax.set_title(f"{study.study_name}: hyperparameter importance")
-        paths.append(out_dir / f"importance_{name}.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        mine = {param: value for objective, param, value in rows if objective == name}
+        paths += plot_sweep([t.number for t in complete], [t.values[i] for t in complete], mine, out_dir, name,
+                            study.study_name, maximize=study.directions[i].name == "MAXIMIZE")
     return paths
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,45 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
 def workdir(tmp_path: Path) -> Path:
     """An empty directory to run the CLI in (its outputs/ lands here)."""
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def _mlflow_store_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, made once per session: creating one runs MLflow's schema
+    migrations, 2-5 s of CPU here, in whichever process opens it first."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, _mlflow_store_template: Path) -> str:
+    """The URI of this test's own empty MLflow store, tmp_path/mlflow.db (a copy of the
+    template), for tests whose subject is not the store's creation."""
+    shutil.copy(_mlflow_store_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture
+def add_store(_mlflow_store_template: Path):
+    """A function that puts an empty MLflow store at <folder>/outputs/mlflow.db, the CLI's
+    default, as a project's first run leaves it: a run there skips MLflow's schema migrations
+    (~5 s of wall time here), which only the tests of a first run need to pay."""
+
+    def add(folder: Path) -> Path:
+        (folder / "outputs").mkdir(parents=True, exist_ok=True)
+        shutil.copy(_mlflow_store_template, folder / "outputs" / "mlflow.db")
+        return folder
+
+    return add
+
+
+@pytest.fixture
+def tracked_workdir(tmp_path: Path, add_store) -> Path:
+    """A directory to run the CLI in, its default MLflow store there already (see add_store)."""
+    return add_store(tmp_path)
 
 
 @pytest.fixture

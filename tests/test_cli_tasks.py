@@ -29,11 +29,11 @@ SIZES = ["data.n_train=64", "data.n_val=32", "data.n_test=40"]
     ],
     ids=["adding_hs", "digits", "copy", "char_lm"],
 )
-def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(workdir, args, metrics, baseline, row):
-    (workdir / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
-    result = run_cli([*args, *SMALL], workdir)
+def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(tracked_workdir, args, metrics, baseline, row):
+    (tracked_workdir / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    result = run_cli([*args, *SMALL], tracked_workdir)
     assert result.returncode == 0, result.stderr
-    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tracked_workdir}/outputs/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
     logged = run.data.metrics
     assert metrics | {"baseline_loss", "train_loss", "val_loss"} <= set(logged)

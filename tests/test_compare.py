@@ -17,8 +17,8 @@ def test_param_in_clauses_are_taken_out_of_the_mlflow_filter():
     assert _split_param_in("") == ("", {})
 
 
-def test_compare_picks_the_filtered_runs_and_reports_each_layers_vanishing_factor(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_compare_picks_the_filtered_runs_and_reports_each_layers_vanishing_factor(tmp_path, mlflow_store, capsys):
+    uri = mlflow_store
     client = MlflowClient(uri)
     experiment = client.create_experiment("exp", artifact_location=(tmp_path / "artifacts").as_uri())
     rng = np.random.default_rng(0)
@@ -59,8 +59,8 @@ def test_compare_picks_the_filtered_runs_and_reports_each_layers_vanishing_facto
     assert (out / "compare.html").read_text().count("<img") == 2
 
 
-def test_compare_says_so_when_nothing_matches(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_compare_says_so_when_nothing_matches(tmp_path, mlflow_store, capsys):
+    uri = mlflow_store
     MlflowClient(uri).create_experiment("exp", artifact_location=(tmp_path / "artifacts").as_uri())
     assert compare.main(["--uri", uri, "--experiment", "exp", "--out", str(tmp_path / "out")]) == 2
     assert "no run with a gradients.npz artifact matches" in capsys.readouterr().err

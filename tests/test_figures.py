@@ -1,4 +1,5 @@
-"""The figures: each writes a PNG, and drawing them leaves matplotlib's global state alone."""
+"""The figures (a run's, a sweep's): each writes a PNG, and drawing them leaves matplotlib's
+global state alone."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_lyapunov, plot_predictions
+from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_lyapunov, plot_predictions, plot_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,24 @@ def _draw_all(folder: Path) -> list[Path]:
         plot_decay({"layer 0": log_dh[-1, 0, 0], "layer 1": log_dh[-1, 1, 0]}, folder / "decay.png", "decay",
                    bands={"layer 0": (log_dh[-1, 0, 0] - 1, log_dh[-1, 0, 0] + 1)}),
         plot_lyapunov({"layer 0": [0.1, -0.2, -0.5], "layer 1": [-0.3, -0.4, -0.9]}, folder / "lyapunov.png", "exponents"),
+        *plot_sweep([3, 1, 2], [0.5, 2.0, np.nan], {"lr": 0.7, "depth": 0.3}, folder, "loss", "a study", maximize=True),
+        *_draw_sweep(folder),
     ]
+
+
+def _draw_sweep(folder: Path) -> list[Path]:
+    """What a sweep's summary draws (rnnlab.sweep imported as the sweeper imports it)."""
+    import optuna
+
+    from rnnlab import sweep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 0.0, 1.0) + 0.1 * t.suggest_int("h", 1, 4), n_trials=6)
+    files = sweep.summarize(study, ["val_loss"], folder / "sweep")["files"]
+    pngs = sorted(p.name for p in files if p.suffix == ".png")
+    assert pngs == ["history_val_loss.png", "importance_val_loss.png"], pngs
+    return [p for p in files if p.suffix == ".png"]
 
 
 def test_each_figure_is_a_png_file(tmp_path):
@@ -38,7 +56,8 @@ def test_each_figure_is_a_png_file(tmp_path):
 def test_drawing_keeps_the_users_backend_and_never_imports_pyplot(tmp_path):
     # A fresh interpreter: this pytest process may have imported pyplot already. The backend is
     # one a notebook might have chosen ("svg" stands in for it), set without importing pyplot;
-    # the old code's matplotlib.use("Agg") would have switched it.
+    # the old code's matplotlib.use("Agg") (in the run's figures, then in the sweep's) would have
+    # switched it.
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -54,4 +73,4 @@ print(json.dumps({{"backend": matplotlib.get_backend(), "pyplot": "matplotlib.py
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
-    assert seen == {"backend": "svg", "pyplot": False, "pngs": [True, True, True, True]}
+    assert seen == {"backend": "svg", "pyplot": False, "pngs": [True] * 8}

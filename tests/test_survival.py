@@ -65,9 +65,8 @@ def final_weights(cwd: Path) -> dict:
     return torch.load(newest, weights_only=True)
 
 
-def test_preempted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path):
-    reference, preempted = tmp_path / "reference", tmp_path / "preempted"
-    reference.mkdir(), preempted.mkdir()
+def test_preempted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, add_store):
+    reference, preempted = add_store(tmp_path / "reference"), add_store(tmp_path / "preempted")
     assert run_cli(LONGER, reference).returncode == 0
 
     proc = start(LONGER, preempted)  # SIGTERM mid-epoch 2
@@ -109,23 +108,23 @@ def test_resume_of_a_bad_reference_is_one_line(workdir):
 DIVERGES = ["cell=rnn", "cell.nonlinearity=relu", "train.optimizer=sgd", "train.clip=0"]
 
 
-def test_a_diverging_run_ends_failed_with_a_tag_and_its_traceback(workdir):
-    result = run_cli([*TINY, *DIVERGES, "train.lr=1e12"], workdir)
+def test_a_diverging_run_ends_failed_with_a_tag_and_its_traceback(tracked_workdir):
+    result = run_cli([*TINY, *DIVERGES, "train.lr=1e12"], tracked_workdir)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("rnnlab: error: non-finite loss at step ")
-    client, run = the_run(workdir)
+    client, run = the_run(tracked_workdir)
     assert run.info.status == "FAILED"
     assert run.data.tags["rnnlab.failure"].startswith("nonfinite_loss@step=")
     assert "traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_a_multirun_with_failing_jobs_finishes_the_others_and_reports(workdir):
+def test_a_multirun_with_failing_jobs_finishes_the_others_and_reports(tracked_workdir):
     lrs = "train.lr=2e-3,1e12,3e-3,1e12,1e-3"
-    result = run_cli(["-m", *TINY, *DIVERGES, lrs, "train.epochs=1"], workdir)
+    result = run_cli(["-m", *TINY, *DIVERGES, lrs, "train.epochs=1"], tracked_workdir)
     assert result.returncode != 0
     assert "rnnlab: 2 job(s) failed:" in result.stderr
     assert result.stderr.count("non-finite loss") >= 2
-    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tracked_workdir}/outputs/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
     by_lr = sorted((float(r.data.params["train.lr"]), r.info.status) for r in runs)
     assert by_lr == [(1e-3, "FINISHED"), (2e-3, "FINISHED"), (3e-3, "FINISHED"), (1e12, "FAILED"), (1e12, "FAILED")]
@@ -147,8 +146,8 @@ def test_twenty_runs_started_at_once_get_twenty_folders(workdir):
     assert all(len(list(f.glob("*.log"))) == 1 for f in folders)  # none shares another's files
 
 
-def test_secrets_from_the_environment_never_reach_mlflow(workdir):
-    data = workdir / "data"
+def test_secrets_from_the_environment_never_reach_mlflow(tracked_workdir):
+    data = tracked_workdir / "data"
     data.mkdir()
     start = np.datetime64("2024-01-01T00")
     lines = ["time,y"] + [f"{start + i},{np.sin(i / 7) + 0.1 * np.cos(i / 3):.4f}" for i in range(400)]
@@ -156,9 +155,9 @@ def test_secrets_from_the_environment_never_reach_mlflow(workdir):
     env = {"SIGNED_DATA_TOKEN": str(data / "secret-name-abc123.csv")}
     args = ["data=csv", "data.path=${oc.env:SIGNED_DATA_TOKEN}", "data.target=y", "data.lookback=12",
             "depth=1", "hidden_size=4", "train.epochs=1", "train.steps_per_epoch=2", "quiet=true"]
-    result = run_cli(args, workdir, env=env)
+    result = run_cli(args, tracked_workdir, env=env)
     assert result.returncode == 0, result.stderr
-    client, run = the_run(workdir)
+    client, run = the_run(tracked_workdir)
     assert run.data.params["data.path"] == "***"
-    local = client.download_artifacts(run.info.run_id, "config.yaml", str(workdir))
+    local = client.download_artifacts(run.info.run_id, "config.yaml", str(tracked_workdir))
     assert "abc123" not in Path(local).read_text() and "abc123" not in json.dumps(run.data.params)

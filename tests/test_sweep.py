@@ -174,6 +174,39 @@ def one_line_exit(capsys, call) -> str:
     return err
 
 
+@pytest.mark.parametrize("args,message", [
+    # the grammar and the keys
+    (["train.lr=interval(1e-2,1e-4)"], "train.lr=interval(0.01,0.0001): low > high"),
+    (["train.lr=tag(log,interval(0,1e-2))"], "train.lr: log scale needs bounds > 0 (got interval(0.0,0.01))"),
+    (["nokey=interval(0,1)"], "nokey is not a key of the config (see python -m rnnlab --cfg job)"),
+    (["cell=choice(lstm,rnn)", "cell.forget_bias=interval(0,2)"],
+     "cell.forget_bias is not a key of the config when cell=rnn (see python -m rnnlab --cfg job)"),
+    (["hidden_size=choice()"], "Error parsing override 'hidden_size=choice()' ValueError while evaluating 'choice()': empty choice is not legal"),
+    # a bound the schema refuses
+    (["dropout=interval(0,1)"], "dropout=1.0 is out of range (allowed: >= 0 and < 1) (in the search space at dropout=1.0)"),
+    # a fixed value: the model refuses it (rnnlab.run.prepare), not the schema
+    (["cell=transformer", "hidden_size=10", "train.lr=interval(1e-4,1e-2)"], "cell.heads=4: must divide hidden_size=10 (in the search space)"),
+    # a sampled bound that only the model refuses
+    (["cell=transformer", "hidden_size=int(interval(8,10))"], "cell.heads=4: must divide hidden_size=10 (in the search space at hidden_size=10)"),
+    (["cell=indrnn", "cell.u_max=interval(-1,1)"], "cell.u_max=-1.0 must be > 0 (or null: unbounded) (in the search space)"),
+])
+def test_the_sweepers_plan_refuses_bad_space_input_in_one_line_before_anything_exists(args, message, tmp_path, monkeypatch, capsys):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import HydraContext
+
+    # Each job is checked as the entry point checks one (rnnlab.compose.check_jobs).
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_module("rnnlab.conf", version_base="1.3"):
+        sweeper = a_sweeper()
+        sweeper.config = compose("config", overrides=["hydra/sweeper=optuna"], return_hydra_config=True)
+        sweeper.hydra_context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
+        assert one_line_exit(capsys, lambda: sweeper.plan(args)) == f"rnnlab: error: {message}"
+        fixed, space, _ = sweeper.plan(["cell=transformer", "hidden_size=choice(8,16)"])  # the same plan, good values
+    assert fixed == ["cell=transformer"] and space == {"hidden_size": CategoricalDistribution([8, 16])}
+    assert list(tmp_path.iterdir()) == []  # no outputs/: no study, no run, no folder
+
+
 def test_the_issues_pruner_is_refused_by_name_with_the_allowed_ones():
     spec = {"_target_": "subprocess.check_output", "args": ["echo", "x"]}
     with pytest.raises(sweep.SweepError) as info:
@@ -445,20 +478,20 @@ def test_resuming_with_another_search_space_is_refused_before_writing(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_with_pruning_fills_the_study_and_mlflow_parent_and_children(workdir):
+def test_a_sweep_with_pruning_fills_the_study_and_mlflow_parent_and_children(tracked_workdir):
     from mlflow.tracking import MlflowClient
 
     args = ["-m", "hydra/sweeper=optuna", *TINY, "train.epochs=4", "train.patience=0",
             "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.n_startup_trials=2",
             "hydra/sweeper/sampler=random", "train.lr=tag(log,interval(1e-4,3e-2))", "cell=choice(rnn,gru)"]
-    result = run_cli(args, workdir)
+    result = run_cli(args, tracked_workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = load(workdir)
+    study = load(tracked_workdir)
     states = [t.state for t in study.trials]
     assert len(states) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert TrialState.PRUNED in states  # seeded sampler, CPU-deterministic training
     assert all(t.intermediate_values for t in study.trials)  # val_loss reported every epoch
-    client = MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tracked_workdir}/outputs/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
     (parent,) = [r for r in runs if "rnnlab.trial" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -624,13 +657,9 @@ def test_bad_sweep_input_is_one_line_before_any_trial_and_leaves_the_study_alone
     before = journal.read_bytes()
     common = [*SWEEP, "hydra.sweeper.study_name=kept", "hydra.sweeper.n_trials=2"]
     marker = workdir / "MARKER"
+    # The plan's own refusals (grammar, keys, each job's checks) are tested in-process above
+    # (test_the_sweepers_plan_refuses_bad_space_input_...); these pass through the rest of a sweep's start.
     cases = [
-        (["train.lr=interval(1e-2,1e-4)"], "rnnlab: error: train.lr=interval(0.01,0.0001): low > high"),
-        (["train.lr=tag(log,interval(0,1e-2))"], "rnnlab: error: train.lr: log scale needs bounds > 0 (got interval(0.0,0.01))"),
-        (["nokey=interval(0,1)"], "rnnlab: error: nokey is not a key of the config (see python -m rnnlab --cfg job)"),
-        (["cell=choice(lstm,rnn)", "cell.forget_bias=interval(0,2)"],
-         "rnnlab: error: cell.forget_bias is not a key of the config when cell=rnn (see python -m rnnlab --cfg job)"),
-        (["hidden_size=choice()"], "rnnlab: error: Error parsing override 'hidden_size=choice()' ValueError while evaluating 'choice()': empty choice is not legal"),
         (["dropout=interval(0,1)"], "rnnlab: error: dropout=1.0 is out of range (allowed: >= 0 and < 1) (in the search space at dropout=1.0)"),
         (["train.lr=interval(1e-4,1e-2)"], "rnnlab: error: study 'kept' exists with another search space (differs in train.lr): "
          "re-run its own command to resume it, or use a new hydra.sweeper.study_name"),

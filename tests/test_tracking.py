@@ -35,7 +35,7 @@ def test_a_run_gets_params_metrics_artifacts_and_status(tmp_path):
     assert (tmp_path / "store" / "mlartifacts").is_dir()  # artifacts beside the local store
 
 
-def test_metrics_go_in_batches_not_one_call_per_value(tmp_path, monkeypatch):
+def test_metrics_go_in_batches_not_one_call_per_value(mlflow_store, monkeypatch):
     calls = []
     from mlflow.tracking import client as client_module
 
@@ -47,13 +47,13 @@ def test_metrics_go_in_batches_not_one_call_per_value(tmp_path, monkeypatch):
         return original(self, run_id, metrics=metrics, **kw)
 
     monkeypatch.setattr(client_module.MlflowClient, "log_batch", counting)
-    sender = Sender(f"sqlite:///{tmp_path}/mlflow.db", "exp", "r", tags={})  # the writer's logic, in-process
+    sender = Sender(mlflow_store, "exp", "r", tags={})  # the writer's logic, in-process
     sender.send([("metrics", [(f"m{i}", float(i), 0, 1) for i in range(2500)])])
     sender.finish("FINISHED", timeout=5)
     assert sum(calls) == 2500 and max(calls) <= 1000 and len(calls) == 3
 
 
-def test_an_outage_keeps_order_warns_once_spools_and_replays(tmp_path, monkeypatch, capsys):
+def test_an_outage_keeps_order_warns_once_spools_and_replays(tmp_path, mlflow_store, monkeypatch, capsys):
     from mlflow.tracking import client as client_module
 
     from rnnlab.tracking import writer
@@ -68,7 +68,7 @@ def test_an_outage_keeps_order_warns_once_spools_and_replays(tmp_path, monkeypat
         return original(self, run_id, metrics=metrics, **kw)
 
     monkeypatch.setattr(client_module.MlflowClient, "log_batch", flaky)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store
     spool = tmp_path / SPOOL
     sender = Sender(uri, "exp", "r", tags={}, spool=str(spool))
     sender.send([("metrics", [("loss", 1.0, 0, 1)])])
@@ -88,8 +88,8 @@ def test_an_outage_keeps_order_warns_once_spools_and_replays(tmp_path, monkeypat
     assert client.get_run(sender.run_id).info.status == "FINISHED" and not spool.exists()
 
 
-def test_resume_continues_the_same_run(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_resume_continues_the_same_run(mlflow_store):
+    uri = mlflow_store
     first = Tracker(uri, "exp", "r", tags={})
     first.log_metrics({"loss": 1.0}, 1)
     first.finish("KILLED")
@@ -125,8 +125,8 @@ def test_null_tracker_accepts_everything_and_writes_nothing(tmp_path):
     assert t.run_id is None and list(tmp_path.iterdir()) == []
 
 
-def test_metrics_held_for_a_batch_all_arrive_with_their_steps_at_finish(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_metrics_held_for_a_batch_all_arrive_with_their_steps_at_finish(mlflow_store):
+    uri = mlflow_store
     tracker = Tracker(uri, "exp", "r", tags={}, batch_seconds=3600)  # nothing is sent before finish
     for step in range(1, 201):  # a probe's worth of keys, 200 times: 4,400 values
         tracker.log_metrics({f"probe/k{i}": step + i / 100 for i in range(22)}, step)
@@ -141,8 +141,8 @@ def test_metrics_held_for_a_batch_all_arrive_with_their_steps_at_finish(tmp_path
         assert sorted((m.step, m.value) for m in history) == [(s, s + i / 100) for s in range(1, 201)]
 
 
-def test_the_writer_sends_every_batch_seconds_not_only_at_finish(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_the_writer_sends_every_batch_seconds_not_only_at_finish(mlflow_store):
+    uri = mlflow_store
     tracker = Tracker(uri, "exp", "r", tags={}, batch_seconds=0.5)
     tracker.log_metrics({"loss": 1.0}, 1)
     deadline, history = time.monotonic() + 60, []
@@ -154,10 +154,10 @@ def test_the_writer_sends_every_batch_seconds_not_only_at_finish(tmp_path):
     tracker.finish()
 
 
-def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
+def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(mlflow_store):
     from rnnlab.tracking import writer
 
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", "r", tags={})
+    tracker = Tracker(mlflow_store, "exp", "r", tags={})
     deadline = time.monotonic() + 60  # the writer lowers its priority once the store is open
     while os.getpriority(os.PRIO_PROCESS, tracker._writer.pid) == os.getpriority(os.PRIO_PROCESS, 0):
         assert time.monotonic() < deadline
@@ -167,20 +167,23 @@ def test_the_writer_runs_niced_leaves_at_finish_and_reports_its_cost(tmp_path):
     tracker.log_metrics({"loss": 1.0}, 1)
     tracker.finish()
     assert not tracker._writer.is_alive() and tracker._writer.exitcode == 0  # gone, not tearing down
-    assert tracker.writer_cpu_seconds > 0.5  # importing MLflow and creating the store, at least
+    assert tracker.writer_cpu_seconds > 0.5  # importing MLflow and opening the store, at least
     # Asked to open at once, so little or none of its start-up counts as before the open.
     assert 0 <= tracker.writer_cpu_before_open < tracker.writer_cpu_seconds
     assert 0 < tracker.call_seconds < 5 and 0 < tracker.finish_seconds < 60
 
 
-def test_a_trainer_killed_with_sigkill_leaves_its_run_killed_not_running(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_a_trainer_killed_with_sigkill_leaves_its_run_killed_not_running(mlflow_store):
+    uri = mlflow_store
     code = f"""
 import os, signal, time
 from rnnlab.tracking import Tracker
 t = Tracker({uri!r}, "exp", "doomed", tags={{}}, batch_seconds=3600)  # so the metric waits in the writer
 t.log_metrics({{"loss": 1.0}}, 1)
-time.sleep(8)  # the writer opens the store meanwhile
+deadline = time.monotonic() + 40
+while t.run_id is None and time.monotonic() < deadline:  # the writer has opened the store and the run
+    time.sleep(0.1)
+time.sleep(0.5)  # and the metric, queued before, has reached it
 os.kill(os.getpid(), signal.SIGKILL)
 """
     subprocess.run([sys.executable, "-c", code], timeout=60)
@@ -199,17 +202,17 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0]
 
 
-def test_a_run_that_cannot_be_created_is_an_error_at_finish(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", "r", tags={}, run_id="no-such-run")
+def test_a_run_that_cannot_be_created_is_an_error_at_finish(mlflow_store):
+    tracker = Tracker(mlflow_store, "exp", "r", tags={}, run_id="no-such-run")
     tracker.log_metrics({"loss": 1.0}, 1)
     with pytest.raises(TrackingError, match=r"tracking.uri='sqlite:///.*mlflow.db': .*no-such-run"):
         tracker.finish()
 
 
-def test_reap_marks_runs_with_a_stale_heartbeat_killed_and_leaves_the_rest(tmp_path):
+def test_reap_marks_runs_with_a_stale_heartbeat_killed_and_leaves_the_rest(mlflow_store):
     from rnnlab.tracking.recovery import reap
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store
     client = MlflowClient(uri)
     experiment = client.create_experiment("exp")
     now = time.time()
@@ -274,9 +277,8 @@ def test_an_early_writer_let_go_unopened_ends_at_once_and_creates_no_store(tmp_p
     assert not (tmp_path / "mlflow.db").exists()  # a rejected run writes nothing
 
 
-def test_an_early_writer_connects_to_an_existing_store_and_the_run_goes_there(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    MlflowClient(uri).search_experiments()  # the store exists, as outputs/mlflow.db after a first run
+def test_an_early_writer_connects_to_an_existing_store_and_the_run_goes_there(mlflow_store):
+    uri = mlflow_store  # the store exists, as outputs/mlflow.db after a first run
     writer = Writer(uri)
     time.sleep(4)  # the job's own start-up, which the writer's import and connection overlap
     tracker = Tracker(uri, "exp", "r", tags={}, writer=writer)
@@ -288,10 +290,10 @@ def test_an_early_writer_connects_to_an_existing_store_and_the_run_goes_there(tm
     assert tracker.writer_cpu_before_open < tracker.writer_cpu_seconds
 
 
-def test_a_spool_left_behind_is_replayed_in_order_then_removed(tmp_path):
+def test_a_spool_left_behind_is_replayed_in_order_then_removed(tmp_path, mlflow_store):
     from rnnlab.tracking.recovery import replay, write_spool
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("exp", artifact_location=tmp_path.as_uri())).info.run_id
     spool = tmp_path / SPOOL  # what a writer leaves when the store stayed down past its finish

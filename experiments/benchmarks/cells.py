@@ -35,6 +35,7 @@ from rnnlab.cells import CELLS, Tap
 from rnnlab.model import StackedRNN
 
 DEPTH, HIDDEN, BATCH, FEATURES = 4, 64, 64, 8
+BASE = "torch.nn.LSTM"  # what every variant is timed beside
 
 
 class TorchLSTM(nn.Module):
@@ -50,7 +51,7 @@ class TorchLSTM(nn.Module):
 
 
 def variants() -> dict[str, Callable[[], nn.Module]]:
-    out: dict[str, Callable[[], nn.Module]] = {"torch.nn.LSTM": TorchLSTM}
+    out: dict[str, Callable[[], nn.Module]] = {BASE: TorchLSTM}
     for name in CELLS:
         if name != "lstm_variant":
             out[name] = lambda name=name: StackedRNN(name, FEATURES, HIDDEN, DEPTH)
@@ -118,44 +119,59 @@ def main() -> None:
     runtime.tune_allocator()  # the allocator setting rnnlab runs with
     device = torch.device(args.device)
     torch.manual_seed(0)
-    chosen = {k: v for k, v in variants().items() if not args.only or k in args.only or k == "torch.nn.LSTM"}
+    chosen = {k: v for k, v in variants().items() if not args.only or k in args.only or k == BASE}
     models = {name: make().to(device) for name, make in chosen.items()}
-    opts = {name: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3) for name, m in models.items()}
     data = {T: (torch.randn(BATCH, T, FEATURES, device=device), torch.randn(BATCH, 1, device=device)) for T in args.lengths}
-    base = "torch.nn.LSTM"
+    results, ratios, growth = measure(models, data, args.rounds, args.steps)
+    print_table(list(models), args.lengths, results, ratios, growth)
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+
+
+def measure(models: dict[str, nn.Module], data: dict[int, tuple[torch.Tensor, torch.Tensor]], rounds: int,
+            steps: int) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], list[float]], dict[str, list[float]]]:
+    """Per round, each variant beside the baseline at each length: seconds per step (variant,
+    length) -> one per round, the variant's ratio to the baseline per round, and its
+    step(last length)/step(first length) per round."""
+    opts = {name: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3) for name, m in models.items()}
+    lengths = list(data)
     results: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     growth: dict[str, list[float]] = {}
-    for r in range(args.rounds):
-        for name, model in models.items():
-            if name == base and len(models) > 1:
+    for r in range(rounds):
+        for name in models:
+            if name == BASE and len(models) > 1:
                 continue
             times = {}
-            for T in args.lengths:
+            for T in lengths:
                 # The baseline is timed right beside each variant, in alternating order, and each
                 # ratio is of that pair: the machine's speed drifts by more than the differences
                 # between cells within the minutes that one round of every variant takes.
-                pair = (base, name) if r % 2 == 0 else (name, base)
-                got = {k: time_steps(models[k], opts[k], *data[T], args.steps) for k in pair}
+                pair = (BASE, name) if r % 2 == 0 else (name, BASE)
+                got = {k: time_steps(models[k], opts[k], *data[T], steps) for k in pair}
                 for k in set(pair):
                     results.setdefault((k, T), []).append(got[k])
-                ratios.setdefault((name, T), []).append(got[name] / got[base])
+                ratios.setdefault((name, T), []).append(got[name] / got[BASE])
                 times[T] = got[name]
-            growth.setdefault(name, []).append(times[args.lengths[-1]] / times[args.lengths[0]])
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+            growth.setdefault(name, []).append(times[lengths[-1]] / times[lengths[0]])
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    return results, ratios, growth
+
+
+def print_table(names: list[str], lengths: list[int], results: dict[tuple[str, int], list[float]],
+                ratios: dict[tuple[str, int], list[float]], growth: dict[str, list[float]]) -> None:
+    """The markdown table: medians over rounds, ratios to the baseline, growth with T."""
     med = {key: statistics.median(v) for key, v in results.items()}
-    ratios[base, args.lengths[0]] = ratios[base, args.lengths[-1]] = [1.0]  # for the table's first row
-    first, last = args.lengths[0], args.lengths[-1]
+    first, last = lengths[0], lengths[-1]
+    ratios[BASE, first] = ratios[BASE, last] = [1.0]  # for the table's first row
     # The baseline's growth: from its medians, as it is timed many times per round.
-    growth.setdefault(base, [med[base, last] / med[base, first]])
-    cols = " | ".join(f"T={T} ms | ×nn.LSTM" for T in args.lengths)
+    growth.setdefault(BASE, [med[BASE, last] / med[BASE, first]])
+    cols = " | ".join(f"T={T} ms | ×nn.LSTM" for T in lengths)
     print(f"\n| cell | {cols} | T={last}/T={first} | T={last} ×nn.LSTM, range over rounds |")
-    print("|---|" + "---|---|" * len(args.lengths) + "---|---|")
-    for name in models:
-        row = " | ".join(f"{1e3 * med[name, T]:.1f} | {statistics.median(ratios[name, T]):.2f}" for T in args.lengths)
+    print("|---|" + "---|---|" * len(lengths) + "---|---|")
+    for name in names:
+        row = " | ".join(f"{1e3 * med[name, T]:.1f} | {statistics.median(ratios[name, T]):.2f}" for T in lengths)
         spread = f"{min(ratios[name, last]):.2f}-{max(ratios[name, last]):.2f}"
         print(f"| {name} | {row} | {statistics.median(growth[name]):.2f} | {spread} |")
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
 
 
 if __name__ == "__main__":

@@ -194,10 +194,11 @@ class OptunaSweeper(Sweeper):
             if continuous:
                 fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
         self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
-        job_cfg = self._compose(fixed, space, None)
+        cache: dict[str, Any] = {}  # the checks' data, loaded once per data section
+        job_cfg = self._compose(fixed, space, None, cache)
         for key, d in space.items():  # each choice and each bound, the others at their first value
             for probe in (d.choices if hasattr(d, "choices") else (d.low, d.high)):
-                self._compose(fixed, space, (key, probe))
+                self._compose(fixed, space, (key, probe), cache)
         return fixed, space, job_cfg
 
     def _check_settings(self) -> None:
@@ -246,7 +247,8 @@ class OptunaSweeper(Sweeper):
                 space[o.get_key_element()] = d
         return fixed, space
 
-    def _compose(self, fixed: list[str], space: dict[str, Any], probe: Optional[tuple[str, Any]]) -> DictConfig:
+    def _compose(self, fixed: list[str], space: dict[str, Any], probe: Optional[tuple[str, Any]],
+                 cache: dict[str, Any]) -> DictConfig:
         from rnnlab.sweep import SweepError, check_job
 
         point = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in space.items()}
@@ -263,7 +265,7 @@ class OptunaSweeper(Sweeper):
                 fail(f"{unknown.group(1)} is not a key of the config{where} (see python -m rnnlab --cfg job)")
             fail(text)
         try:
-            check_job({k: _plain(cfg[k]) for k in cfg if k != "hydra"})  # hydra.*: unresolvable before a job
+            check_job({k: _plain(cfg[k]) for k in cfg if k != "hydra"}, cache)  # hydra.*: unresolvable before a job
         except SweepError as e:
             fail(f"{e} (in the search space{f' at {probe[0]}={probe[1]}' if probe else ''})")
         return cfg
