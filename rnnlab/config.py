@@ -114,7 +114,7 @@ class TrialConfig:
     number: int = -1
     parent_run: str | None = None  # the sweep's MLflow run; this job's run becomes its child
     threads: int = 0  # torch threads: this job's share of the machine's cores; 0 = torch's default
-    pruner: dict = field(default_factory=dict)  # {_target_: optuna.pruners.X, **kwargs}
+    pruner: dict = field(default_factory=dict)  # {name: median, n_startup_trials: 5, ...}: a name of rnnlab.sweep.PRUNER_CLASSES, plain values
 
 
 @dataclass
