@@ -33,7 +33,8 @@ def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
         assert key in metrics, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
-        "config.yaml", "model.pt", "predictions.png", "gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"}
+        "config.yaml", "model.pt", "predictions.png", "gradients.npz", "gradient_heatmaps.png", "gradient_decay.png",
+        "lyapunov.png"}
     assert [m.step for m in client.get_metric_history(run.info.run_id, "vanishing/l0")] == [0]  # the initial weights
     assert run.data.tags["rnnlab.command"].startswith("python -m rnnlab data.years=0.12")
     assert "test MSE" in result.stdout and "persistence" in result.stdout and run.info.run_id in result.stdout

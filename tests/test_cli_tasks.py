@@ -45,7 +45,8 @@ def test_each_task_shape_trains_and_logs_its_metrics_and_baseline(tracked_workdi
     if "test_wrong" in logged:
         assert 0 <= logged["test_wrong"] <= 40
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"config.yaml", "model.pt", "gradients.npz", "gradient_heatmaps.png", "gradient_decay.png"}  # no forecast plot; the probe at step 0
+    assert artifacts == {"config.yaml", "model.pt", "gradients.npz", "gradient_heatmaps.png", "gradient_decay.png",
+                         "lyapunov.png"}  # no forecast plot; the probe at step 0, the exponents at the end
     assert row in result.stdout and "trivial baseline" in result.stdout
 
 
