@@ -69,6 +69,7 @@ class TrainConfig:
     patience: int = _bounded(4, ge=0)  # early stopping: epochs without a better val loss; 0 = off
     on_nonfinite: Literal["fail", "skip"] = "fail"  # a NaN/inf loss: end the run, or skip that step
     steps_per_epoch: int = _bounded(0, ge=0)  # cap on batches per epoch (copy with truncation: several steps each); 0 = a full pass
+    steps: int = _bounded(0, ge=0)  # exactly this many optimiser steps (replaces epochs as the budget); 0 = off
     eval_batch_size: int = _bounded(1024, ge=1)
 
 
@@ -349,7 +350,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
 # ------------------------------------------------------------------- identity and redaction
 
 # Keys that may differ between a run and its resumption: how it runs, not what it computes.
-RESUME_FREE_KEYS = frozenset({"resume", "quiet", "allocator", "device", "train.epochs"})
+RESUME_FREE_KEYS = frozenset({"resume", "quiet", "allocator", "device", "train.epochs", "train.steps"})
 
 _SECRET_NAME = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")

@@ -310,13 +310,13 @@ class _Run:
         with readout=ridge): the cell declares which (``Cell.readout``)."""
         from rnnlab.console import ProgressBar
         from rnnlab.probe import summary_metrics
-        from rnnlab.train import TrainState, fit_ridge, train
+        from rnnlab.train import TrainState, fit_ridge, planned_epochs, train
 
         c, log = self.config, self._log
         readout = self.model.layers[0]
         if getattr(readout, "readout", "gradient") == "ridge":
             return fit_ridge(self.model, self.p.data, c.train, readout.ridge, device=self.p.device, log=log)
-        bar = ProgressBar(c.train.epochs, quiet=c.quiet)
+        bar = ProgressBar(planned_epochs(self.p.data, c.train, c.truncation), quiet=c.quiet)
 
         def progress(epoch: int, batch: int, n_batches: int, loss: float, val: float | None) -> None:
             if self.first_step is None:
@@ -349,13 +349,15 @@ class _Run:
 
     def _save(self, state: Any, finished: bool = False) -> None:
         from rnnlab import checkpoint
+        from rnnlab.train import planned_epochs
 
         payload = {"train": state.payload(), "config": self.p.flat, "config_hash": self.p.digest,
                    "run_id": self.tracker.run_id, "run_key": self.run_key}
         checkpoint.save(payload, self.output_dir / "checkpoint.pt")
         checkpoint.write_sidecar(self.output_dir, {
             "run_id": self.tracker.run_id, "run_key": self.run_key, "config_hash": self.p.digest,
-            "epoch": min(state.epoch, self.config.train.epochs), "step": state.step, "finished": finished,
+            "epoch": min(state.epoch, planned_epochs(self.p.data, self.config.train, self.config.truncation)),
+            "step": state.step, "finished": finished,
         })
 
     def _test(self, result: Any) -> dict[str, float]:

@@ -90,6 +90,8 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
         (["dropout=1.0"], "dropout=1.0 is out of range (allowed: >= 0 and < 1)"),
         (["train.clip=-1"], "train.clip=-1.0 is out of range (allowed: >= 0)"),
         (["train.epochs=0"], "train.epochs=0 is out of range (allowed: >= 1)"),
+        (["train.steps=-5"], "train.steps=-5 is out of range (allowed: >= 0)"),
+        (["train.steps=1.5"], "train.steps=1.5 must be of type int"),
         (["train.batch_size=0"], "train.batch_size=0 is out of range (allowed: >= 1)"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "leaves no training data"),
         (["data=csv"], "data.path is empty: data=csv needs data.path=..."),

@@ -423,3 +423,46 @@ def test_the_probe_at_step_0_sees_the_initial_weights_and_at_lists_more_steps(da
     train(model, data, TrainConfig(epochs=1, steps_per_epoch=30, batch_size=32), seed=3, probe=probe, on_probe=on_probe)
     assert [r.step for r in probe.records] == [0, 3, 10, 20, 25]
     assert seen == {0: True, 3: False, 10: False, 20: False, 25: False}
+
+
+# ------------------------------------------------------------------------------- train.steps
+
+
+def _counting_optimiser_steps():
+    """Every optimiser.step() any optimiser makes, counted by torch's global post-step hook."""
+    counted = {"n": 0}
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda *_: counted.update(n=counted["n"] + 1))
+    return counted, handle
+
+
+@pytest.mark.parametrize("steps,per_epoch,epochs", [(10, 4, 3), (4, 4, 1), (1, 4, 1)])
+def test_train_steps_makes_exactly_that_many_optimiser_steps_whatever_epochs_says(data, steps, per_epoch, epochs):
+    counted, handle = _counting_optimiser_steps()
+    try:  # epochs=1 would stop at 4 steps: train.steps replaces it as the budget
+        result = train(small_model(), data, TrainConfig(epochs=1, steps=steps, steps_per_epoch=per_epoch, patience=0,
+                                                        batch_size=32))
+    finally:
+        handle.remove()
+    assert counted["n"] == result.steps == steps
+    assert result.epochs_run == len(result.history) == epochs  # 4 + 4 + 2: the last epoch cut short
+
+
+def test_train_steps_can_end_a_copy_run_between_two_chunks_of_one_batch():
+    from rnnlab.data.copy_memory import copy_memory
+
+    data = copy_memory(length=5, n_train=32, n_val=8, n_test=8)  # 25 steps a sequence: 4 chunks of 7
+    counted, handle = _counting_optimiser_steps()
+    try:
+        result = train(copy_model(), data, TrainConfig(steps=10, batch_size=8, steps_per_epoch=2, patience=0), truncation=7)
+    finally:
+        handle.remove()
+    assert counted["n"] == result.steps == 10 and result.epochs_run == 2  # 8 steps, then 2 chunks of a batch
+
+
+def test_train_steps_with_early_stopping_can_end_sooner(data):
+    # lr 0.5 makes the validation loss erratic: with patience 1 the run stops before its 40 steps.
+    result = train(small_model(seed=2), data, TrainConfig(steps=40, steps_per_epoch=2, patience=1, lr=0.5, clip=0,
+                                                          batch_size=32))
+    assert result.steps < 40 and result.steps == 2 * result.epochs_run
