@@ -62,8 +62,8 @@ class TrainConfig:
     epochs: int = _bounded(10, ge=1)
     batch_size: int = _bounded(64, ge=1)
     lr: float = _bounded(2e-3, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = _bounded(0.9, ge=0, lt=1)  # sgd only
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    momentum: float = _bounded(0.9, ge=0, lt=1)  # sgd only (rmsprop runs without, as Arjovsky et al. 2016)
     weight_decay: float = _bounded(0.0, ge=0)
     clip: float = _bounded(1.0, ge=0)  # max global gradient norm; 0 turns clipping off
     patience: int = _bounded(4, ge=0)  # early stopping: epochs without a better val loss; 0 = off

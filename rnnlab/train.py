@@ -128,6 +128,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     if cfg.optimizer == "adam":
         # Fused Adam: one kernel for the whole update instead of a few per parameter.
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    if cfg.optimizer == "rmsprop":
+        # Arjovsky et al. 2016 (the copy task): r <- 0.9 r + 0.1 g^2 (their code's decay, where
+        # torch defaults to alpha 0.99), step lr g / (sqrt(r) + eps), eps torch's 1e-8, and no
+        # momentum: train.momentum, whose default 0.9 is SGD's, would change the method.
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-8, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -73,7 +73,7 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
         (["truncation=49"], "truncation=49 is longer than the window (allowed: 0 for full BPTT, or 1..data.lookback=48)"),
         (["train.lr=0"], "train.lr=0.0 is out of range (allowed: > 0)"),
         (["train.lr=-1e-3"], "train.lr=-0.001 is out of range (allowed: > 0)"),
-        (["train.optimizer=rmsprop"], "train.optimizer='rmsprop' is not allowed (allowed: adam, sgd)"),
+        (["train.optimizer=lbfgs"], "train.optimizer='lbfgs' is not allowed (allowed: adam, sgd, rmsprop)"),
         (["depth=two"], "depth='two' must be of type int"),
         (["depth=2.5"], "depth=2.5 must be of type int"),
         (["train.lr=fast"], "train.lr='fast' must be of type float"),

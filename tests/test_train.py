@@ -96,6 +96,30 @@ def test_sgd_with_momentum_trains(data):
     assert np.isfinite(result.best_val_loss)
 
 
+def test_rmsprop_is_arjovsky_et_als_update_decay_0_9_without_momentum():
+    from rnnlab.train import make_optimizer
+
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    theta = model.weight.detach().clone().reshape(-1)
+    cfg = TrainConfig(optimizer="rmsprop", lr=1e-3, momentum=0.9)  # momentum is SGD's: not applied
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    r = torch.zeros(3, dtype=torch.float64)
+    for c in ([0.5, -2.0, 3.0], [1.0, 1.0, -0.25]):  # loss = c . w: the gradient is c
+        g = torch.tensor(c, dtype=torch.float64)
+        optimizer.zero_grad()
+        (model.weight.reshape(-1) @ g).backward()
+        optimizer.step()
+        r = 0.9 * r + 0.1 * g**2  # the float64 reference
+        theta = theta - 1e-3 * g / (r.sqrt() + 1e-8)
+        torch.testing.assert_close(model.weight.detach().reshape(-1), theta, rtol=0, atol=1e-15)
+
+
+def test_rmsprop_trains(data):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=20, batch_size=32, optimizer="rmsprop", lr=1e-3)
+    result = train(small_model(), data, cfg)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
 @pytest.mark.parametrize("poison,what", [(float("nan"), "loss"), (float("inf"), "loss")])
 def test_a_non_finite_loss_stops_training_on_its_step_with_weights_untouched(data, poison, what):
     from rnnlab.train import NonFiniteError
