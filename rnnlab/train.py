@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.cells import State
+from rnnlab.cells import Cell, State
 from rnnlab.model import Scan, fit_readout
 from rnnlab.config import TrainConfig
 from rnnlab.probe import Probe, ProbeRecord
@@ -124,7 +124,20 @@ def task_loss(out: Tensor, y: Tensor, task: Task) -> Tensor:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimiser cfg names, over every trainable parameter; after each of its steps every
+    cell puts constrained weights back in their set (``Cell.project_``: IndRNN's bound=clip)."""
+    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    cells = [m for m in model.modules() if isinstance(m, Cell)]
+
+    def project(*_: Any) -> None:
+        for cell in cells:
+            cell.project_()
+
+    optimizer.register_step_post_hook(project)
+    return optimizer
+
+
+def _optimizer(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         # Fused Adam: one kernel for the whole update instead of a few per parameter.
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
