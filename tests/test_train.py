@@ -490,3 +490,35 @@ def test_train_steps_with_early_stopping_can_end_sooner(data):
     result = train(small_model(seed=2), data, TrainConfig(steps=40, steps_per_epoch=2, patience=1, lr=0.5, clip=0,
                                                           batch_size=32))
     assert result.steps < 40 and result.steps == 2 * result.epochs_run
+
+
+def test_a_fresh_data_run_resumed_mid_epoch_is_bit_identical_and_sees_new_batches(tmp_path):
+    """Fresh batches come from the run's data generator, which a checkpoint restores as it was
+    when the epoch began: the resumed run draws the same batches it would have."""
+    from rnnlab import checkpoint
+    from rnnlab.data.adding import adding
+    from rnnlab.train import Interrupted, TrainState
+
+    data = adding(length=12, n_train=64, n_val=16, n_test=16, fresh=True)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, patience=0)
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return StackedRNN("gru", 2, 6)
+
+    straight_model = model(4)
+    straight = train(straight_model, data, cfg, seed=1)
+    fixed = train(model(4), dataclasses.replace(data, draw=None), cfg, seed=1)  # the same run on the fixed split
+    assert [h["train_loss"] for h in fixed.history] != [h["train_loss"] for h in straight.history]
+    path, calls = tmp_path / "c.pt", {"n": 0}
+
+    def stop_at_batch_6():
+        calls["n"] += 1
+        return calls["n"] == 6  # epoch 2, batch 2
+
+    with pytest.raises(Interrupted, match="stopped at step 6 "):
+        train(model(4), data, cfg, seed=1, save=lambda s: checkpoint.save(s.payload(), path), stop_requested=stop_at_batch_6)
+    resumed_model = model(9)
+    resumed = train(resumed_model, data, cfg, seed=1, resume=TrainState.from_payload(checkpoint.load(path)))
+    assert [h["train_loss"].hex() for h in resumed.history] == [h["train_loss"].hex() for h in straight.history]
+    assert resumed.steps == straight.steps == 12 and _params_hash(resumed_model) == _params_hash(straight_model)

@@ -11,6 +11,7 @@ cross-entropy averaged over the T + 20 steps is 10 ln 8 / (T + 20), the baseline
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,10 +22,8 @@ from rnnlab.data.series import Task
 BLANK, DELIMITER, SYMBOLS, RECALL = 0, 9, 8, 10
 
 
-def copy_memory(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> Sequences:
-    """``length`` is the delay T: the steps between the last symbol and the first recall."""
-    n = check_generated(length, 1, "", {"n_train": n_train, "n_val": n_val, "n_test": n_test})
-    rng = np.random.default_rng(seed)
+def copy_examples(rng: np.random.Generator, n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` copy sequences with delay ``length``: x (n, T + 20, 10) one-hot, y (n, T + 20) classes."""
     steps = length + 2 * RECALL
     symbols = rng.integers(1, SYMBOLS + 1, (n, RECALL))
     tokens = np.full((n, steps), BLANK, dtype=np.int64)
@@ -32,7 +31,16 @@ def copy_memory(length: int = 100, n_train: int = 10000, n_val: int = 1000, n_te
     tokens[:, RECALL + length - 1] = DELIMITER
     y = np.full((n, steps), BLANK, dtype=np.int64)
     y[:, -RECALL:] = symbols
-    x = np.eye(DELIMITER + 1, dtype=np.float32)[tokens]  # (N, T + 20, 10) one-hot
+    return np.eye(DELIMITER + 1, dtype=np.float32)[tokens], y
+
+
+def copy_memory(
+    length: int = 100, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000, seed: int = 0, fresh: bool = False,
+) -> Sequences:
+    """``length`` is the delay T: the steps between the last symbol and the first recall.
+    ``fresh``: training batches drawn anew at every step (Sequences.generate)."""
+    check_generated(length, 1, "", {"n_train": n_train, "n_val": n_val, "n_test": n_test})
     task = Task("classification", many_to_many=True, n_outputs=DELIMITER + 1)
-    baseline = RECALL * math.log(SYMBOLS) / steps
-    return Sequences.split(x, y, task, (n_train, n_val, n_test), lambda y: baseline)
+    baseline = RECALL * math.log(SYMBOLS) / (length + 2 * RECALL)
+    return Sequences.generate(functools.partial(copy_examples, length=length), task, (n_train, n_val, n_test), seed,
+                              lambda y: baseline, fresh)
