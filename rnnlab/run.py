@@ -364,13 +364,15 @@ class _Run:
         """The test split's numbers beside the task's baselines, logged at the last step."""
         import numpy as np
 
-        from rnnlab.data import Windows
+        from rnnlab.data import Sequences, Windows
         from rnnlab.train import score
 
         data, c = self.p.data, self.config
         scores = score(self.model, data, "test", c.train.eval_batch_size, self.p.device)
         final = {f"test_{name}": value for name, value in scores.items()}  # test_loss, test_accuracy, ...
         final["baseline_loss"] = data.baseline_loss("test")  # the task's trivial predictor, same loss
+        if isinstance(data, Sequences) and data.baseline_accuracy is not None:
+            final["baseline_accuracy"] = data.baseline_accuracy  # copy: a memoryless model's, ~0.93
         if isinstance(data, Windows):
             truth = data.targets("test")
             naive = {name: float(np.mean((p - truth) ** 2)) for name, p in data.baselines("test").items()}
@@ -516,6 +518,8 @@ def _task_rows(task: Any, final: dict[str, float]) -> list[tuple[str, str]]:
     ]
     if "test_accuracy" in final:
         rows.append(("test accuracy", f"{final['test_accuracy']:.4f}"))
+    if "baseline_accuracy" in final:
+        rows.append(("  memoryless", f"{final['baseline_accuracy']:.4f}   (blanks right, symbols guessed: no memory at all)"))
     if "test_bpc" in final:
         rows.append(("bits per character", f"{final['test_bpc']:.4f}"))
     if "test_wrong" in final:

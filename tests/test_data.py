@@ -306,6 +306,21 @@ def test_fresh_adding_batches_follow_the_definition():
     torch.testing.assert_close(y[:, 0], (x[:, :, 0] * markers).sum(1), rtol=1e-6, atol=1e-6)
 
 
+def test_copy_memoryless_accuracy_is_blanks_right_and_one_symbol_in_eight():
+    assert copy_memory(length=100, n_train=1, n_val=1, n_test=1).baseline_accuracy == pytest.approx(
+        (110 + 10 / 8) / 120, abs=1e-15) == pytest.approx(0.927083, abs=1e-6)  # by hand: 111.25 / 120
+    T = 30
+    data = copy_memory(length=T, n_train=1, n_val=1, n_test=20000, seed=2)
+    y = data.y[data.parts["test"]]
+    memoryless = np.zeros_like(y)  # blank everywhere, a constant symbol on the recall steps
+    memoryless[:, -10:] = 3
+    measured = np.mean(memoryless == y)
+    # 20,000 x 10 recall steps: the standard error of the 1/8 is 0.0007, diluted by 10/50
+    assert measured == pytest.approx(data.baseline_accuracy, abs=0.001)
+    assert data.baseline_accuracy == pytest.approx((T + 10 + 1.25) / (T + 20))
+    assert adding(length=20, n_train=1, n_val=1, n_test=1).baseline_accuracy is None  # no accuracy to speak of
+
+
 def test_digits_read_orders_and_a_permutation_fixed_by_seed():
     pixel, row = digits(), digits(read="row")
     assert pixel.x.shape == (1797, 64, 1) and row.x.shape == (1797, 8, 8) and pixel.task.n_outputs == 10

@@ -7,7 +7,10 @@
 Symbols are drawn from 8 categories (ids 1..8); 0 is the blank, 9 the delimiter. Inputs are
 one-hot (10 channels); the target at every step is a class (many-to-many). A memoryless model
 outputs blanks until the delimiter and then guesses uniformly over the 8 symbols: its
-cross-entropy averaged over the T + 20 steps is 10 ln 8 / (T + 20), the baseline.
+cross-entropy averaged over the T + 20 steps is 10 ln 8 / (T + 20), the baseline. Its
+accuracy is high: the T + 10 blanks are right, and any guess of a symbol on the 10 recall
+steps is right 1/8 of the time, (T + 10 + 10/8) / (T + 20) in all (0.927 at T = 100), so an
+accuracy of 92.6% at T = 100 is no memory at all.
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ def copy_memory(
     ``fresh``: training batches drawn anew at every step (Sequences.generate)."""
     check_generated(length, 1, "", {"n_train": n_train, "n_val": n_val, "n_test": n_test})
     task = Task("classification", many_to_many=True, n_outputs=DELIMITER + 1)
-    baseline = RECALL * math.log(SYMBOLS) / (length + 2 * RECALL)
-    return Sequences.generate(functools.partial(copy_examples, length=length), task, (n_train, n_val, n_test), seed,
+    steps = length + 2 * RECALL
+    baseline = RECALL * math.log(SYMBOLS) / steps
+    data = Sequences.generate(functools.partial(copy_examples, length=length), task, (n_train, n_val, n_test), seed,
                               lambda y: baseline, fresh)
+    data.baseline_accuracy = (steps - RECALL + RECALL / SYMBOLS) / steps  # blanks right, 1 in 8 symbols
+    return data

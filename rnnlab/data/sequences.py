@@ -51,6 +51,7 @@ class Sequences:
     parts: dict[str, slice]
     baselines: dict[str, float]  # split -> the trivial predictor's loss (the task's loss)
     draw: Draw | None = None  # fresh training batches: what a shuffled pass over train yields instead
+    baseline_accuracy: float | None = None  # the trivial predictor's accuracy, where it is not chance (copy)
 
     @classmethod
     def split(
