@@ -329,7 +329,9 @@ def train(
         run.batch = 0
 
         val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
-        metrics = _epoch_metrics(sums, val_loss, optimizer, started)
+        # optimizer_steps: the epoch's metrics are logged at step = epoch; this says how many
+        # optimiser steps that is (learning curves and steps-to-threshold in rnnlab.report).
+        metrics = {**_epoch_metrics(sums, val_loss, optimizer, started), "optimizer_steps": float(run.step)}
         run.history.append(metrics)
         log(metrics, epoch)
         if val_loss < run.best_val:
