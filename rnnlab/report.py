@@ -136,11 +136,21 @@ class Group:
 
 def group_runs(runs: list[dict[str, Any]], ignore: set[str] = frozenset()) -> tuple[list[str], list[Group]]:
     """The params that differ among ``runs`` (not ``NOT_SETTINGS``, ``ignore``), and the runs
-    grouped by their values of those, in label order."""
+    grouped by their values of those, in label order. A param that splits nothing the others
+    do not (cell.chrono, which only the LSTM runs have, beside cell.name) stays out of the
+    labels; params some runs lack go first."""
     skip = NOT_SETTINGS | set(ignore)
     keys = sorted({k for r in runs for k in r["params"]} - skip)
     keys = [k for k in keys if not k.startswith(NOT_SETTING_PREFIXES)
             and len({r["params"].get(k) for r in runs}) > 1]
+
+    def parts(kept: list[str]) -> int:
+        return len({tuple(r["params"].get(k) for k in kept) for r in runs})
+
+    for key in sorted(keys, key=lambda k: (all(k in r["params"] for r in runs), k)):
+        rest = [k for k in keys if k != key]
+        if rest and parts(rest) == parts(keys):  # the same groups without it
+            keys = rest
     groups: dict[str, Group] = {}
     for run in runs:
         label = ", ".join(f"{k}={run['params'].get(k, '-')}" for k in keys) or "all runs"
