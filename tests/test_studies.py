@@ -36,6 +36,7 @@ def test_adding_t100_is_cells_x_seeds_each_job_as_hydra_composes_it(argv):
         assert (cfg.hidden_size, cfg.depth, cfg.train.lr, cfg.train.batch_size) == (128, 1, 2e-3, 50)  # Li et al.
         assert cfg.data.name == "adding" and cfg.data.options["length"] == 100 and cfg.data.options["fresh"] is True
         assert (cfg.train.steps, cfg.train.patience, cfg.tracking.experiment) == (1500, 0, "adding_t100")
+        assert cfg.tracking.run_name == f"{cfg.cell.name}-seed{cfg.seed}"
 
 
 def test_the_paper_scale_is_the_same_study_with_five_seeds_and_longer_runs():
