@@ -131,6 +131,15 @@ class Cell(nn.Module):
         """Every weight by role (``GROUPS``), with the gate of each row block."""
         raise NotImplementedError(f"{type(self).__name__} does not declare its weights (Cell.weight_groups)")
 
+    def init_top_layer(self) -> None:
+        """Called by StackedRNN on its top layer (each direction) once the stack is built: a
+        cell whose top layer starts differently re-initialises here (IndRNN's u_init_top).
+        Most cells do nothing, and draw no random numbers."""
+
+    def project_(self) -> None:
+        """Called after every optimiser step (rnnlab.train.make_optimizer's hook): weights
+        that must stay in a set go back into it (IndRNN's bound=clip). Most cells do nothing."""
+
 
 # ------------------------------------------------------------------------------ initialisation
 
@@ -583,19 +592,51 @@ class _Bound(nn.Module):
 
 class IndRNN(Cell):
     """IndRNN (Li et al. 2018): h_t = relu(W x_t + u ⊙ h_{t-1} + b), u a vector: each unit
-    has its own recurrent weight. ``u_max`` bounds |u| (Li et al. use 2^(1/T) for T steps)."""
+    has its own recurrent weight.
 
-    def __init__(self, input_size: int, hidden_size: int, u_max: float | None = None) -> None:
+    ``u_max`` bounds |u| (Li et al. use 2^(1/T) for T steps: a T-step product of u stays
+    below 2), held by ``bound``: "tanh", u = u_max tanh(v) with v trained, inside the bound by
+    construction but slow to learn near it (the slope of tanh at 0.999 u_max is 0.002, and an
+    init closer than that is clamped to it); "clip", Li et al.'s own: u trained directly and
+    clipped to [-u_max, u_max] after every optimiser step (``project_``, which the optimiser
+    of rnnlab.train.make_optimizer calls). ``u_init`` = [low, high]: u ~ U(low, high), default
+    U(0, 1) as Li et al. (U(0, u_max) for u_max < 1). ``u_init_top``: the same for the top
+    layer of a stack only (StackedRNN calls ``init_top_layer``), Li et al.'s long-T recipe of
+    a top layer started near 1, e.g. [2^(-1/T), 2^(1/T)] with bound=clip."""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, u_max: float | None = None, bound: Literal["tanh", "clip"] = "tanh",
+        u_init: list[float] | None = None, u_init_top: list[float] | None = None,
+    ) -> None:
         super().__init__(input_size, hidden_size)
         if u_max is not None and not u_max > 0:
             raise ValueError(f"cell.u_max={u_max!r} must be > 0 (or null: unbounded)")
+        _choice("bound", bound, ("tanh", "clip"))
+        self.u_max, self.bound = u_max, bound
+        low, high = _u_range("u_init", u_init, u_max) or (0.0, min(1.0, u_max or 1.0))
+        self.u_init_top = _u_range("u_init_top", u_init_top, u_max)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.bias = nn.Parameter(torch.empty(hidden_size))
         _pytorch_default_([self.weight_ih, self.bias], hidden_size)
-        # u ~ U(0, 1) as in Li et al.; within the bound when there is one.
-        self.u = nn.Parameter(torch.rand(hidden_size) * min(1.0, u_max or 1.0))
-        if u_max is not None:
+        self.u = nn.Parameter(low + (high - low) * torch.rand(hidden_size))
+        if u_max is not None and bound == "tanh":
             parametrize.register_parametrization(self, "u", _Bound(u_max))
+
+    def init_top_layer(self) -> None:
+        if self.u_init_top is None:
+            return
+        low, high = self.u_init_top
+        u = low + (high - low) * torch.rand(self.hidden_size, device=self.bias.device)
+        with torch.no_grad():
+            if parametrize.is_parametrized(self, "u"):
+                self.u = u  # through _Bound.right_inverse: v = atanh(u / u_max)
+            else:
+                self.u.copy_(u)
+
+    def project_(self) -> None:
+        if self.u_max is not None and self.bound == "clip":
+            with torch.no_grad():
+                self.u.clamp_(-self.u_max, self.u_max)
 
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         (h,) = state
@@ -613,6 +654,17 @@ class IndRNN(Cell):
         xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, H)
         hs = bptt.IndRNN.apply(xp, state[0], self.u, tap)
         return hs.transpose(0, 1), (hs[-1],)
+
+
+def _u_range(key: str, value: list[float] | None, u_max: float | None) -> tuple[float, float] | None:
+    """IndRNN's [low, high] for the uniform init of u, checked: low <= high, inside the bound."""
+    if value is None:
+        return None
+    inside = u_max is None or (len(value) == 2 and -u_max <= value[0] and value[1] <= u_max)
+    if len(value) != 2 or not value[0] <= value[1] or not inside:
+        within = f", within [-u_max, u_max] = [{-u_max:g}, {u_max:g}]" if u_max is not None else ""
+        raise ValueError(f"cell.{key}={list(value)} is not allowed (allowed: [low, high] with low <= high{within})")
+    return float(value[0]), float(value[1])
 
 
 class ESN(Cell):

@@ -42,17 +42,38 @@ def jobs(argv: list[str]) -> Iterator[dict[str, Any]]:
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
 
-    groups, values = _axes(argv)
+    multirun = "-m" in argv or "--multirun" in argv
+    groups, values = _axes(argv, multirun)
+
+    def base_of(choice: tuple[str, ...]) -> Any:
+        try:
+            cfg = hydra_compose("config", overrides=list(choice), return_hydra_config=True)
+        except HydraException as e:
+            raise ConfigError(_explain_group(e, list(choice))) from None
+        hydra_node = cfg.hydra
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg, hydra_node
+
     # Inside a Hydra app (a job, the sweeper) Hydra is set up already, with this config module.
     ready = GlobalHydra.instance().is_initialized()
     with contextlib.nullcontext() if ready else initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        # What the config itself says of the sweep (an experiment's grid, hydra.mode: MULTIRUN),
+        # read as Hydra reads it: from the primary config, where a swept group keeps its default.
+        first_choice = tuple(g[0] for g in groups if len(g) == 1)
+        hydra_settings = tuple(_hydra_overrides(argv))  # hydra.sweeper.params.x=..., hydra/sweeper=...
+        first, hydra_node = base_of(first_choice + hydra_settings)
+        if hydra_settings:
+            first_choice = None  # composed with them: not a job's base
+        params = _sweeper_params(hydra_node)
+        if params or (not multirun and hydra_node.mode == RunMode.MULTIRUN):
+            multirun = True
+            groups, values = _axes(_with_params(params, argv), multirun)
         for choice in itertools.product(*groups):
-            try:
-                base = hydra_compose("config", overrides=list(choice))
-            except HydraException as e:
-                raise ConfigError(_explain_group(e, list(choice))) from None
+            base = first if choice == first_choice else base_of(choice)[0]
             for assignment in itertools.product(*values):
                 cfg = base.copy()
                 for override in assignment:
@@ -63,6 +84,7 @@ def jobs(argv: list[str]) -> Iterator[dict[str, Any]]:
                     raise ConfigError(_one_line(e)) from None
 
 
+<<<<<<< HEAD
 def check_jobs(raws: Sequence[dict[str, Any]], keep: int = 0, cache: dict[str, Any] | None = None) -> list[Prepared]:
     """Check composed jobs (plain dicts, as ``jobs`` gives them) before anything is written:
     what needs no torch for every job first (config.check_common: a bad ``depth`` answers at
@@ -88,12 +110,53 @@ def check_jobs(raws: Sequence[dict[str, Any]], keep: int = 0, cache: dict[str, A
 
 
 def _axes(argv: list[str]) -> tuple[list[list[str]], list[list[Any]]]:
+=======
+def _hydra_overrides(argv: list[str]) -> list[str]:
+    """The command's overrides of Hydra's own settings (hydra.x=..., hydra/group=...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return [a for a in argv if not a.startswith("-") and (a.startswith(("hydra.", "hydra/", "+hydra", "++hydra", "~hydra"))
+                                                         and parser.parse_override(a) is not None)]
+
+
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _sweeper_params(hydra_node: Any) -> dict[str, str]:
+    """hydra.sweeper.params of Hydra's own (basic) sweeper: a grid a config declares (an
+    experiment's cells x seeds). Another sweeper's params are its search space, its to check."""
+    from omegaconf import OmegaConf
+
+    sweeper = hydra_node.sweeper
+    if sweeper.get("_target_") != _BASIC_SWEEPER or not sweeper.get("params"):
+        return {}
+    return {str(k): str(v) for k, v in OmegaConf.to_container(sweeper.params, resolve=True).items()}
+
+
+def _with_params(params: dict[str, str], argv: list[str]) -> list[str]:
+    """The overrides Hydra's basic sweeper runs (BasicSweeper.sweep): hydra.sweeper.params
+    first, each replaced by a command-line override of the same key, then the rest of the
+    command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    try:
+        given = {parser.parse_override(a).get_key_element(): a for a in argv if not a.startswith("-")}
+        lines = [given.pop(parser.parse_override(f"{k}={v}").get_key_element(), f"{k}={v}") for k, v in params.items()]
+    except HydraException as e:
+        raise ConfigError(f"hydra.sweeper.params: {_one_line(e)}") from None
+    return lines + [a for a in argv if a.startswith("-") or a in given.values()]
+
+
+def _axes(argv: list[str], multirun: bool) -> tuple[list[list[str]], list[list[Any]]]:
+>>>>>>> studies
     """Split the command's overrides into group choices (strings for Hydra's compose) and
     value overrides (parsed), each a list of alternatives: one unless it is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    multirun = "-m" in argv or "--multirun" in argv
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides([a for a in argv if not a.startswith("-")])

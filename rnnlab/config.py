@@ -62,13 +62,14 @@ class TrainConfig:
     epochs: int = _bounded(10, ge=1)
     batch_size: int = _bounded(64, ge=1)
     lr: float = _bounded(2e-3, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = _bounded(0.9, ge=0, lt=1)  # sgd only
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    momentum: float = _bounded(0.9, ge=0, lt=1)  # sgd only (rmsprop runs without, as Arjovsky et al. 2016)
     weight_decay: float = _bounded(0.0, ge=0)
     clip: float = _bounded(1.0, ge=0)  # max global gradient norm; 0 turns clipping off
     patience: int = _bounded(4, ge=0)  # early stopping: epochs without a better val loss; 0 = off
     on_nonfinite: Literal["fail", "skip"] = "fail"  # a NaN/inf loss: end the run, or skip that step
     steps_per_epoch: int = _bounded(0, ge=0)  # cap on batches per epoch (copy with truncation: several steps each); 0 = a full pass
+    steps: int = _bounded(0, ge=0)  # exactly this many optimiser steps (replaces epochs as the budget); 0 = off
     eval_batch_size: int = _bounded(1024, ge=1)
 
 
@@ -349,7 +350,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
 # ------------------------------------------------------------------- identity and redaction
 
 # Keys that may differ between a run and its resumption: how it runs, not what it computes.
-RESUME_FREE_KEYS = frozenset({"resume", "quiet", "allocator", "device", "train.epochs"})
+RESUME_FREE_KEYS = frozenset({"resume", "quiet", "allocator", "device", "train.epochs", "train.steps"})
 
 _SECRET_NAME = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")

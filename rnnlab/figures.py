@@ -149,3 +149,41 @@ def plot_sweep(numbers: Any, values: Any, importances: dict[str, float], folder:
         paths.append(folder / f"importance_{name}.png")
         fig.savefig(paths[-1], dpi=100)
     return paths
+
+
+def plot_learning_curves(
+    curves: dict[str, tuple[Any, Any, Any]], path: Path, title: str, ylabel: str, baseline: float | None = None,
+) -> Path:
+    """One line per group (label -> (steps, mean, half-width) over its seeds), the band of
+    mean ± half-width where it is defined (two runs or more), and the task's trivial baseline
+    as a dashed line. The axis is fitted to the means and the baseline, on a log scale when
+    they are all positive (losses span decades): a wide band (two seeds: t = 12.7) is cut at
+    the edge rather than flattening every curve."""
+    fig = _figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    means = [np.asarray(mean, dtype=float) for _, mean, _ in curves.values()]
+    shown = np.concatenate([m[np.isfinite(m)] for m in means] + [np.array([baseline] if baseline is not None else [])])
+    log = shown.size > 0 and bool(np.all(shown > 0))
+    if shown.size:
+        low, high = shown.min(), shown.max()
+        limits = (low / 2, high * 2) if log else (low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
+    for (label, (steps, mean, half)), color in zip(curves.items(), _colors(len(curves))):
+        steps, mean, half = (np.asarray(a, dtype=float) for a in (steps, mean, half))
+        ax.plot(steps, mean, lw=1.4, color=color, label=label)
+        band = np.isfinite(half)
+        if band.any():
+            bottom = np.maximum(mean - half, limits[0]) if shown.size else mean - half
+            ax.fill_between(steps, bottom, mean + half, where=band, color=color, alpha=0.2, lw=0)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", ls="--", lw=1.0, label=f"trivial baseline {baseline:.4g}")
+    if log:
+        ax.set_yscale("log")
+    if shown.size:
+        ax.set_ylim(*limits)
+    ax.set_xlabel("optimiser steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path

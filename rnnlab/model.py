@@ -68,6 +68,10 @@ class StackedRNN(nn.Module):
         self.backward_layers = (
             nn.ModuleList(make(size, hidden_size, **cell_options) for size in sizes) if bidirectional else None
         )
+        # Last, so the layers below start as in any stack: a top layer initialised its own way
+        # (IndRNN's u_init_top) draws its numbers here, and other cells draw none.
+        for top in [self.layers[-1], *(self.backward_layers[-1:] if self.backward_layers is not None else [])]:
+            top.init_top_layer()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, output_size)
 

@@ -346,13 +346,13 @@ class _Run:
         with readout=ridge): the cell declares which (``Cell.readout``)."""
         from rnnlab.console import ProgressBar
         from rnnlab.probe import summary_metrics
-        from rnnlab.train import TrainState, fit_ridge, train
+        from rnnlab.train import TrainState, fit_ridge, planned_epochs, train
 
         c, log = self.config, self._log
         readout = self.model.layers[0]
         if getattr(readout, "readout", "gradient") == "ridge":
             return fit_ridge(self.model, self.p.data, c.train, readout.ridge, device=self.p.device, log=log)
-        bar = ProgressBar(c.train.epochs, quiet=c.quiet)
+        bar = ProgressBar(planned_epochs(self.p.data, c.train, c.truncation), quiet=c.quiet)
 
         def progress(epoch: int, batch: int, n_batches: int, loss: float, val: float | None) -> None:
             if self.first_step is None:
@@ -385,26 +385,30 @@ class _Run:
 
     def _save(self, state: Any, finished: bool = False) -> None:
         from rnnlab import checkpoint
+        from rnnlab.train import planned_epochs
 
         payload = {"train": state.payload(), "config": self.p.flat, "config_hash": self.p.digest,
                    "run_id": self.tracker.run_id, "run_key": self.run_key}
         checkpoint.save(payload, self.output_dir / "checkpoint.pt")
         checkpoint.write_sidecar(self.output_dir, {
             "run_id": self.tracker.run_id, "run_key": self.run_key, "config_hash": self.p.digest,
-            "epoch": min(state.epoch, self.config.train.epochs), "step": state.step, "finished": finished,
+            "epoch": min(state.epoch, planned_epochs(self.p.data, self.config.train, self.config.truncation)),
+            "step": state.step, "finished": finished,
         })
 
     def _test(self, result: Any) -> dict[str, float]:
         """The test split's numbers beside the task's baselines, logged at the last step."""
         import numpy as np
 
-        from rnnlab.data import Windows
+        from rnnlab.data import Sequences, Windows
         from rnnlab.train import score
 
         data, c = self.p.data, self.config
         scores = score(self.model, data, "test", c.train.eval_batch_size, self.p.device)
         final = {f"test_{name}": value for name, value in scores.items()}  # test_loss, test_accuracy, ...
         final["baseline_loss"] = data.baseline_loss("test")  # the task's trivial predictor, same loss
+        if isinstance(data, Sequences) and data.baseline_accuracy is not None:
+            final["baseline_accuracy"] = data.baseline_accuracy  # copy: a memoryless model's, ~0.93
         if isinstance(data, Windows):
             truth = data.targets("test")
             naive = {name: float(np.mean((p - truth) ** 2)) for name, p in data.baselines("test").items()}
@@ -558,6 +562,8 @@ def _task_rows(task: Any, final: dict[str, float]) -> list[tuple[str, str]]:
     ]
     if "test_accuracy" in final:
         rows.append(("test accuracy", f"{final['test_accuracy']:.4f}"))
+    if "baseline_accuracy" in final:
+        rows.append(("  memoryless", f"{final['baseline_accuracy']:.4f}   (blanks right, symbols guessed: no memory at all)"))
     if "test_bpc" in final:
         rows.append(("bits per character", f"{final['test_bpc']:.4f}"))
     if "test_wrong" in final:

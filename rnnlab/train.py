@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.cells import State
+from rnnlab.cells import Cell, State
 from rnnlab.model import Scan, fit_readout
 from rnnlab.config import TrainConfig
 from rnnlab.probe import Probe, ProbeRecord
@@ -124,10 +124,28 @@ def task_loss(out: Tensor, y: Tensor, task: Task) -> Tensor:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimiser cfg names, over every trainable parameter; after each of its steps every
+    cell puts constrained weights back in their set (``Cell.project_``: IndRNN's bound=clip)."""
+    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    cells = [m for m in model.modules() if isinstance(m, Cell)]
+
+    def project(*_: Any) -> None:
+        for cell in cells:
+            cell.project_()
+
+    optimizer.register_step_post_hook(project)
+    return optimizer
+
+
+def _optimizer(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         # Fused Adam: one kernel for the whole update instead of a few per parameter.
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    if cfg.optimizer == "rmsprop":
+        # Arjovsky et al. 2016 (the copy task): r <- 0.9 r + 0.1 g^2 (their code's decay, where
+        # torch defaults to alpha 0.99), step lr g / (sqrt(r) + eps), eps torch's 1e-8, and no
+        # momentum: train.momentum, whose default 0.9 is SGD's, would change the method.
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-8, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -247,7 +265,10 @@ def train(
     """Train with early stopping on the validation loss; the model ends with its best weights.
 
     A batch makes one optimiser step, except a batch of many-to-many sequences (copy) with
-    ``truncation`` = k: it is cut into chunks of k steps, one step each (``chunks``).
+    ``truncation`` = k: it is cut into chunks of k steps, one step each (``chunks``). With
+    ``cfg.steps`` = N the run makes exactly N steps (unless early stopping ends it first):
+    epochs run until then, the last one cut short (``planned_epochs``), and ``cfg.epochs``
+    is not read.
 
     ``save`` receives a TrainState at every epoch's end and before an interruption;
     ``resume`` continues from one. ``stop_requested`` is polled after every batch: when it
@@ -262,7 +283,7 @@ def train(
     params = optimizer.param_groups[0]["params"]  # make_optimizer's one group: every trainable parameter
     max_norm = cfg.clip if cfg.clip > 0 else math.inf
     rng = np.random.default_rng(seed)  # window order; the model's init was seeded by the caller
-    n_batches = min(data.n_batches("train", cfg.batch_size), cfg.steps_per_epoch or math.inf)
+    n_batches = batches_per_epoch(data, cfg)
     run = _restore(resume, model, optimizer, rng, probe)
     task = data.task
     # Truncated BPTT has three shapes. A window (many-to-one) truncates inside its forward
@@ -271,8 +292,9 @@ def train(
     # one optimiser step each, its state carried across the chunks of one batch only.
     chunk = truncation if task.many_to_many and not task.stateful_stream else 0
     carry = task.stateful_stream or chunk > 0
+    last_step = cfg.steps or math.inf  # train.steps: the run ends on that step, mid-epoch (or mid-batch) if need be
 
-    for epoch in range(run.epoch, cfg.epochs + 1):
+    for epoch in range(run.epoch, planned_epochs(data, cfg, truncation) + 1):
         model.train()
         started = time.perf_counter()
         epoch_rng = copy.deepcopy(rng.bit_generator.state)  # where this epoch's window order comes from
@@ -280,7 +302,11 @@ def train(
         batches = enumerate(data.batches("train", cfg.batch_size, rng, pin=device.type == "cuda"))
         # At most n_batches; resuming mid-epoch, the same order with the batches done skipped.
         for batch, (xb, yb) in itertools.islice(batches, run.batch, n_batches):
+            if run.step >= last_step:
+                break
             for x, y in chunks(xb.to(device), yb.to(device), chunk):  # one chunk unless a sequence is cut
+                if run.step >= last_step:
+                    break
                 state = detached(state)  # truncated BPTT: the state carries on, its graph is cut here
                 probed = probe is not None and probe.due(run.step)  # step 0: the initial weights
                 out, state = forward(model, x, state, carry, truncation, run=probe.scan if probed else None)
@@ -303,14 +329,16 @@ def train(
         run.batch = 0
 
         val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
-        metrics = _epoch_metrics(sums, val_loss, optimizer, started)
+        # optimizer_steps: the epoch's metrics are logged at step = epoch; this says how many
+        # optimiser steps that is (learning curves and steps-to-threshold in rnnlab.report).
+        metrics = {**_epoch_metrics(sums, val_loss, optimizer, started), "optimizer_steps": float(run.step)}
         run.history.append(metrics)
         log(metrics, epoch)
         if val_loss < run.best_val:
             run.best_val, run.best_epoch, run.best_model = val_loss, epoch, copy.deepcopy(model.state_dict())
         progress(epoch, n_batches, n_batches, metrics["train_loss"], run.best_val)
         stop = bool(cfg.patience and epoch - run.best_epoch >= cfg.patience)
-        next_epoch = cfg.epochs + 1 if stop else epoch + 1
+        next_epoch = planned_epochs(data, cfg, truncation) + 1 if stop else epoch + 1
         save(_snapshot(run, model, optimizer, probe, device, next_epoch, 0, {}, copy.deepcopy(rng.bit_generator.state)))
         on_epoch_end(epoch, val_loss)
         if stop:
@@ -318,6 +346,22 @@ def train(
 
     model.load_state_dict(run.best_model)
     return TrainResult(run.best_val, run.best_epoch, len(run.history), run.step, run.history)
+
+
+def batches_per_epoch(data: Data, cfg: TrainConfig) -> int:
+    """Training batches per epoch: a full pass, or train.steps_per_epoch if that is fewer."""
+    return min(data.n_batches("train", cfg.batch_size), cfg.steps_per_epoch or math.inf)
+
+
+def planned_epochs(data: Data, cfg: TrainConfig, truncation: int = 0) -> int:
+    """How many epochs a run has: train.epochs, or with train.steps = N as many as make N
+    optimiser steps (the last one cut short), counting ceil(L / k) steps for a batch of
+    many-to-many sequences cut into chunks of k = ``truncation`` steps (``chunks``)."""
+    if not cfg.steps:
+        return cfg.epochs
+    task = data.task
+    per_batch = math.ceil(data.length / truncation) if truncation and task.many_to_many and not task.stateful_stream else 1
+    return math.ceil(cfg.steps / (batches_per_epoch(data, cfg) * per_batch))
 
 
 def _clip_and_step(

@@ -535,6 +535,70 @@ def test_indrnn_bound_holds_after_every_optimiser_step():
     assert cell.u.max() > 0.99 * u_max  # it was pushed against the bound
 
 
+def test_indrnn_bound_clip_is_li_et_als_projection_after_each_step_and_reaches_the_bound():
+    from torch.nn.utils import parametrize
+
+    from rnnlab.config import TrainConfig
+    from rnnlab.train import make_optimizer
+
+    torch.manual_seed(11)
+    u_max = 2 ** (1 / 20)
+    model = StackedRNN("indrnn", 2, 8, u_max=u_max, bound="clip")
+    cell = model.layers[0]
+    assert not parametrize.is_parametrized(cell, "u")  # u itself is trained, as Li et al.
+    opt = make_optimizer(model, TrainConfig(optimizer="sgd", lr=10.0, momentum=0.0), torch.device("cpu"))
+    x = torch.randn(4, 20, 2)
+    for _ in range(10):
+        opt.zero_grad()
+        (-model.features(x)[0].sum()).backward()  # pushes u up, far past the bound
+        opt.step()
+        assert torch.all(cell.u.abs() <= u_max)
+    assert torch.any(cell.u == u_max)  # clipped onto the bound itself (tanh only approaches it)
+    # Inside the bound a step is the plain gradient step on u (no tanh slope in between).
+    cell.u.data.fill_(0.5)
+    opt.zero_grad()
+    model.features(x)[0].sum().backward()
+    expected = 0.5 - 10.0 * cell.u.grad
+    opt.step()
+    inside = expected.abs() <= u_max
+    assert inside.any() and torch.equal(cell.u[inside], expected[inside])
+
+
+def test_indrnn_u_init_ranges_and_the_top_layer_of_a_stack_alone_near_one():
+    T = 1000
+    low, high = 2 ** (-1 / T), 2 ** (1 / T)
+    cell = IndRNN(3, 64, u_init=[0.2, 0.4])
+    assert 0.2 <= cell.u.min() and cell.u.max() <= 0.4
+    torch.manual_seed(0)
+    default = IndRNN(3, 64, u_max=0.5)
+    assert 0 <= default.u.min() and default.u.max() < 0.5  # U(0, min(1, u_max)) without u_init
+    for bidirectional in (False, True):
+        torch.manual_seed(3)
+        plain = StackedRNN("indrnn", 3, 64, depth=3, u_max=high, bound="clip", bidirectional=bidirectional)
+        torch.manual_seed(3)
+        top = StackedRNN("indrnn", 3, 64, depth=3, u_max=high, bound="clip", u_init_top=[low, high],
+                         bidirectional=bidirectional)
+        stacks = [top.layers] + ([top.backward_layers] if bidirectional else [])
+        for layers in stacks:
+            assert torch.all((low <= layers[-1].u) & (layers[-1].u <= high))  # only the top layer starts near 1
+            assert layers[0].u.max() < 1 and layers[1].u.max() < 1
+        for a, b in zip(plain.layers[:-1], top.layers[:-1]):  # the layers below start as in any stack
+            assert torch.equal(a.u, b.u) and torch.equal(a.weight_ih, b.weight_ih)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"u_init": [0.5, 0.2]}, "cell.u_init=[0.5, 0.2] is not allowed (allowed: [low, high] with low <= high)"),
+    ({"u_init": [0.1]}, "cell.u_init=[0.1] is not allowed"),
+    ({"u_max": 1.05, "u_init_top": [0.9, 1.1]},
+     "cell.u_init_top=[0.9, 1.1] is not allowed (allowed: [low, high] with low <= high, within [-u_max, u_max] = [-1.05, 1.05])"),
+    ({"bound": "hard"}, "cell.bound='hard' is not allowed (allowed: tanh, clip)"),
+])
+def test_indrnn_init_and_bound_options_are_refused_in_one_line(options, message):
+    with pytest.raises(ValueError) as info:
+        IndRNN(3, 4, **options)
+    assert str(info.value) == message or str(info.value).startswith(message)
+
+
 # ----------------------------------------------------------------------------- echo state
 
 

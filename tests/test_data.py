@@ -257,6 +257,70 @@ def test_copy_memory_layout_and_memoryless_baseline():
     assert ce == pytest.approx(10 * np.log(8) / (T + 20)) == pytest.approx(data.baseline_loss("test"))
 
 
+GENERATED = [adding, adding_hs, copy_memory]
+
+
+@pytest.mark.parametrize("task", GENERATED, ids=lambda f: f.__name__)
+def test_a_generated_tasks_val_and_test_sets_do_not_depend_on_n_train(task):
+    small, large = task(length=30, n_train=100, seed=3), task(length=30, n_train=700, seed=3)
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(small.x[small.parts[split]], large.x[large.parts[split]])
+        np.testing.assert_array_equal(small.y[small.parts[split]], large.y[large.parts[split]])
+        assert small.baseline_loss(split) == large.baseline_loss(split)
+    other = task(length=30, n_train=100, seed=4)
+    assert not np.array_equal(other.x[other.parts["test"]], small.x[small.parts["test"]])  # data.seed still decides
+    assert not np.array_equal(small.x[:8], small.x[small.parts["test"]][:8])  # each split its own stream
+
+
+@pytest.mark.parametrize("task", GENERATED, ids=lambda f: f.__name__)
+def test_fresh_training_batches_are_new_every_step_and_reproducible_from_the_runs_generator(task):
+    data = task(length=30, n_train=64, n_val=8, n_test=8, seed=0, fresh=True)
+
+    def a_pass(seed):
+        return [(x.clone(), y.clone()) for x, y in data.batches("train", 24, np.random.default_rng(seed))]
+
+    first = a_pass(0)
+    assert [len(x) for x, _ in first] == [24, 24, 16]  # a pass over 64 examples, as without fresh
+    xs = [x for x, _ in first]
+    assert not any(torch.equal(a[:16], b[:16]) for i, a in enumerate(xs) for b in xs[i + 1:])  # no batch repeats
+    fixed = torch.from_numpy(data.x[data.parts["train"]])
+    assert not any(bool((x[:, None] == fixed[None]).flatten(2).all(-1).any()) for x in xs)  # none from the fixed split
+    again = a_pass(0)
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(first, again))
+    assert not torch.equal(a_pass(1)[0][0], first[0][0])
+    # What is drawn is the task itself: the same definition as the fixed splits.
+    reference = task(length=30, n_train=24, n_val=1, n_test=1, seed=0)
+    assert first[0][0].shape[1:] == reference.x.shape[1:] and first[0][1].dtype == torch.from_numpy(reference.y).dtype
+    # Evaluation and anything else that reads train without a generator see the fixed sets.
+    (val_x, _), = data.batches("val", 8)
+    np.testing.assert_array_equal(val_x.numpy(), data.x[data.parts["val"]])
+    unshuffled = torch.cat([x.clone() for x, _ in data.batches("train", 24)])
+    assert torch.equal(unshuffled, fixed)
+
+
+def test_fresh_adding_batches_follow_the_definition():
+    data = adding(length=40, n_train=256, n_val=1, n_test=1, fresh=True)
+    x, y = next(iter(data.batches("train", 256, np.random.default_rng(5))))
+    markers = x[:, :, 1]
+    assert torch.all(markers[:, :20].sum(1) == 1) and torch.all(markers[:, 20:].sum(1) == 1)
+    torch.testing.assert_close(y[:, 0], (x[:, :, 0] * markers).sum(1), rtol=1e-6, atol=1e-6)
+
+
+def test_copy_memoryless_accuracy_is_blanks_right_and_one_symbol_in_eight():
+    assert copy_memory(length=100, n_train=1, n_val=1, n_test=1).baseline_accuracy == pytest.approx(
+        (110 + 10 / 8) / 120, abs=1e-15) == pytest.approx(0.927083, abs=1e-6)  # by hand: 111.25 / 120
+    T = 30
+    data = copy_memory(length=T, n_train=1, n_val=1, n_test=20000, seed=2)
+    y = data.y[data.parts["test"]]
+    memoryless = np.zeros_like(y)  # blank everywhere, a constant symbol on the recall steps
+    memoryless[:, -10:] = 3
+    measured = np.mean(memoryless == y)
+    # 20,000 x 10 recall steps: the standard error of the 1/8 is 0.0007, diluted by 10/50
+    assert measured == pytest.approx(data.baseline_accuracy, abs=0.001)
+    assert data.baseline_accuracy == pytest.approx((T + 10 + 1.25) / (T + 20))
+    assert adding(length=20, n_train=1, n_val=1, n_test=1).baseline_accuracy is None  # no accuracy to speak of
+
+
 def test_digits_read_orders_and_a_permutation_fixed_by_seed():
     pixel, row = digits(), digits(read="row")
     assert pixel.x.shape == (1797, 64, 1) and row.x.shape == (1797, 8, 8) and pixel.task.n_outputs == 10

@@ -39,6 +39,17 @@ def test_a_run_returns_its_metrics_model_and_history_and_calls_the_hooks(tmp_pat
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["finished"] is True
 
 
+def test_a_copy_run_reports_the_memoryless_accuracy_beside_its_own(tmp_path, capsys):
+    overrides = ["tracking=none", "quiet=true", "data=copy", "data.length=5", "data.n_train=32", "data.n_val=8",
+                 "data.n_test=8", "depth=1", "hidden_size=8", "train.steps=3", "probe.every=0"]
+    result = run(compose(overrides), output_dir=tmp_path / "run")
+    assert result.metrics["baseline_accuracy"] == pytest.approx((15 + 10 / 8) / 25)  # T = 5: 25 steps
+    assert 0 <= result.metrics["test_accuracy"] <= 1
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("memoryless")]
+    assert f"{(15 + 10 / 8) / 25:.4f}" in line and "test accuracy" in out and "3 steps" in out
+
+
 @pytest.mark.parametrize("overrides,message", [
     ([*UNTRACKED, "cell=indrnn", "cell.u_max=-1"], "cell.u_max=-1.0 must be > 0"),
     ([*UNTRACKED, "cell=transformer", "hidden_size=10"], "cell.heads=4: must divide hidden_size=10"),

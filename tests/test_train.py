@@ -65,7 +65,9 @@ def test_training_learns_and_logs_every_epoch():
     result = train(small_model(), data, TrainConfig(epochs=3, lr=5e-3, batch_size=32, steps_per_epoch=80),
                    log=lambda metrics, step: logged.append((step, metrics)))
     assert [step for step, _ in logged] == [1, 2, 3]
-    assert set(logged[0][1]) == {"train_loss", "val_loss", "grad_norm", "clip_rate", "nonfinite_skips", "lr", "epoch_seconds"}
+    assert set(logged[0][1]) == {"train_loss", "val_loss", "grad_norm", "clip_rate", "nonfinite_skips", "lr", "epoch_seconds",
+                                 "optimizer_steps"}
+    assert [m["optimizer_steps"] for _, m in logged] == [80, 160, 240]
     assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
     assert result.best_val_loss < 0.2 * untrained
 
@@ -94,6 +96,30 @@ def test_sgd_with_momentum_trains(data):
     result = train(small_model(), data, cfg)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
     assert np.isfinite(result.best_val_loss)
+
+
+def test_rmsprop_is_arjovsky_et_als_update_decay_0_9_without_momentum():
+    from rnnlab.train import make_optimizer
+
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    theta = model.weight.detach().clone().reshape(-1)
+    cfg = TrainConfig(optimizer="rmsprop", lr=1e-3, momentum=0.9)  # momentum is SGD's: not applied
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    r = torch.zeros(3, dtype=torch.float64)
+    for c in ([0.5, -2.0, 3.0], [1.0, 1.0, -0.25]):  # loss = c . w: the gradient is c
+        g = torch.tensor(c, dtype=torch.float64)
+        optimizer.zero_grad()
+        (model.weight.reshape(-1) @ g).backward()
+        optimizer.step()
+        r = 0.9 * r + 0.1 * g**2  # the float64 reference
+        theta = theta - 1e-3 * g / (r.sqrt() + 1e-8)
+        torch.testing.assert_close(model.weight.detach().reshape(-1), theta, rtol=0, atol=1e-15)
+
+
+def test_rmsprop_trains(data):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=20, batch_size=32, optimizer="rmsprop", lr=1e-3)
+    result = train(small_model(), data, cfg)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
 @pytest.mark.parametrize("poison,what", [(float("nan"), "loss"), (float("inf"), "loss")])
@@ -423,3 +449,78 @@ def test_the_probe_at_step_0_sees_the_initial_weights_and_at_lists_more_steps(da
     train(model, data, TrainConfig(epochs=1, steps_per_epoch=30, batch_size=32), seed=3, probe=probe, on_probe=on_probe)
     assert [r.step for r in probe.records] == [0, 3, 10, 20, 25]
     assert seen == {0: True, 3: False, 10: False, 20: False, 25: False}
+
+
+# ------------------------------------------------------------------------------- train.steps
+
+
+def _counting_optimiser_steps():
+    """Every optimiser.step() any optimiser makes, counted by torch's global post-step hook."""
+    counted = {"n": 0}
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda *_: counted.update(n=counted["n"] + 1))
+    return counted, handle
+
+
+@pytest.mark.parametrize("steps,per_epoch,epochs", [(10, 4, 3), (4, 4, 1), (1, 4, 1)])
+def test_train_steps_makes_exactly_that_many_optimiser_steps_whatever_epochs_says(data, steps, per_epoch, epochs):
+    counted, handle = _counting_optimiser_steps()
+    try:  # epochs=1 would stop at 4 steps: train.steps replaces it as the budget
+        result = train(small_model(), data, TrainConfig(epochs=1, steps=steps, steps_per_epoch=per_epoch, patience=0,
+                                                        batch_size=32))
+    finally:
+        handle.remove()
+    assert counted["n"] == result.steps == steps
+    assert result.epochs_run == len(result.history) == epochs  # 4 + 4 + 2: the last epoch cut short
+
+
+def test_train_steps_can_end_a_copy_run_between_two_chunks_of_one_batch():
+    from rnnlab.data.copy_memory import copy_memory
+
+    data = copy_memory(length=5, n_train=32, n_val=8, n_test=8)  # 25 steps a sequence: 4 chunks of 7
+    counted, handle = _counting_optimiser_steps()
+    try:
+        result = train(copy_model(), data, TrainConfig(steps=10, batch_size=8, steps_per_epoch=2, patience=0), truncation=7)
+    finally:
+        handle.remove()
+    assert counted["n"] == result.steps == 10 and result.epochs_run == 2  # 8 steps, then 2 chunks of a batch
+
+
+def test_train_steps_with_early_stopping_can_end_sooner(data):
+    # lr 0.5 makes the validation loss erratic: with patience 1 the run stops before its 40 steps.
+    result = train(small_model(seed=2), data, TrainConfig(steps=40, steps_per_epoch=2, patience=1, lr=0.5, clip=0,
+                                                          batch_size=32))
+    assert result.steps < 40 and result.steps == 2 * result.epochs_run
+
+
+def test_a_fresh_data_run_resumed_mid_epoch_is_bit_identical_and_sees_new_batches(tmp_path):
+    """Fresh batches come from the run's data generator, which a checkpoint restores as it was
+    when the epoch began: the resumed run draws the same batches it would have."""
+    from rnnlab import checkpoint
+    from rnnlab.data.adding import adding
+    from rnnlab.train import Interrupted, TrainState
+
+    data = adding(length=12, n_train=64, n_val=16, n_test=16, fresh=True)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, patience=0)
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return StackedRNN("gru", 2, 6)
+
+    straight_model = model(4)
+    straight = train(straight_model, data, cfg, seed=1)
+    fixed = train(model(4), dataclasses.replace(data, draw=None), cfg, seed=1)  # the same run on the fixed split
+    assert [h["train_loss"] for h in fixed.history] != [h["train_loss"] for h in straight.history]
+    path, calls = tmp_path / "c.pt", {"n": 0}
+
+    def stop_at_batch_6():
+        calls["n"] += 1
+        return calls["n"] == 6  # epoch 2, batch 2
+
+    with pytest.raises(Interrupted, match="stopped at step 6 "):
+        train(model(4), data, cfg, seed=1, save=lambda s: checkpoint.save(s.payload(), path), stop_requested=stop_at_batch_6)
+    resumed_model = model(9)
+    resumed = train(resumed_model, data, cfg, seed=1, resume=TrainState.from_payload(checkpoint.load(path)))
+    assert [h["train_loss"].hex() for h in resumed.history] == [h["train_loss"].hex() for h in straight.history]
+    assert resumed.steps == straight.steps == 12 and _params_hash(resumed_model) == _params_hash(straight_model)

@@ -3,6 +3,7 @@ token sequence read as B parallel streams (``Stream``, truncated BPTT across bat
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,18 +25,33 @@ def buffer(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> tuple[torch
     return t, t.numpy()
 
 
+# A generated task's examples: draw(rng, n) -> (x (n, T, F), y (n, ...)), all from ``rng``.
+Draw = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+
+
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """The generator of one split of a generated task: its own stream, from data.seed and the
+    split's name (crc32, the same on every machine and Python), so that no split depends on
+    another's size: the test set of n_train = 10k is the test set of n_train = 50k."""
+    return np.random.default_rng([seed, zlib.crc32(split.encode())])
+
+
 @dataclass
 class Sequences:
-    """Examples that are each a whole sequence: x (T, F) and its target, split by index.
+    """Examples that are each a whole sequence: x (T, F) and its target, split by index: the
+    first n_train, the next n_val and the last n_test examples.
 
-    Generated examples are independent and identically distributed, so the split is the first
-    n_train, the next n_val and the last n_test examples."""
+    A generated task (``generate``) may also draw its training batches anew at every step
+    (``draw``): an endless stream of training data, as Li et al. 2018 train on the adding
+    problem, with the fixed val and test sets to measure on."""
 
     x: np.ndarray  # (N, T, F) float32
     y: np.ndarray  # (N, 1) float32 regression; (N,) int64 class; (N, T) int64 class per step
     task: Task
     parts: dict[str, slice]
     baselines: dict[str, float]  # split -> the trivial predictor's loss (the task's loss)
+    draw: Draw | None = None  # fresh training batches: what a shuffled pass over train yields instead
+    baseline_accuracy: float | None = None  # the trivial predictor's accuracy, where it is not chance (copy)
 
     @classmethod
     def split(
@@ -46,6 +62,24 @@ class Sequences:
         ends = np.cumsum(sizes)
         parts = {s: slice(e - n, e) for s, n, e in zip(SPLITS, sizes, ends)}
         return cls(x, y, task, parts, {s: float(trivial(y[p])) for s, p in parts.items()})
+
+    @classmethod
+    def generate(
+        cls, draw: Draw, task: Task, sizes: tuple[int, int, int], seed: int,
+        trivial: Callable[[np.ndarray], float], fresh: bool = False,
+    ) -> Sequences:
+        """A generated task: each split drawn from its own generator (``split_rng``). With
+        ``fresh``, a shuffled pass over the training split (``batches`` with an ``rng``, as
+        training asks for it) yields new examples drawn from that ``rng`` instead: one
+        training batch per step, never seen before, as many batches as a pass has, and as
+        reproducible (and resumable) as the batch order, since they come from the generator
+        the run seeds and checkpoints."""
+        drawn = [draw(split_rng(seed, split), n) for split, n in zip(SPLITS, sizes)]
+        x = np.concatenate([x for x, _ in drawn])
+        y = np.concatenate([y for _, y in drawn])
+        data = cls.split(x, y, task, sizes, trivial)
+        data.draw = draw if fresh else None
+        return data
 
     @property
     def n_features(self) -> int:
@@ -62,7 +96,11 @@ class Sequences:
     def batches(
         self, split: str, batch_size: int, rng: np.random.Generator | None = None, pin: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x (B, T, F), y) batches, views of buffers refilled per batch; shuffled by ``rng``."""
+        """Yield (x (B, T, F), y) batches, views of buffers refilled per batch; shuffled by
+        ``rng``, or, for training with ``draw`` (fresh data), drawn from it."""
+        if split == "train" and rng is not None and self.draw is not None:
+            yield from self._fresh(batch_size, rng, pin)
+            return
         part = self.parts[split]
         index = np.arange(part.start, part.stop)
         if rng is not None:
@@ -75,6 +113,17 @@ class Sequences:
             m = len(rows)
             np.take(self.x, rows, axis=0, out=x[:m])  # whole examples: one contiguous copy each
             np.take(self.y, rows, axis=0, out=y[:m])
+            yield x_t[:m], y_t[:m]
+
+    def _fresh(self, batch_size: int, rng: np.random.Generator, pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A pass of new training examples: the batch sizes of a pass over the training split."""
+        part = self.parts["train"]
+        n = part.stop - part.start
+        x_t, x = buffer((min(batch_size, n), *self.x.shape[1:]), torch.float32, pin)
+        y_t, y = buffer((min(batch_size, n), *self.y.shape[1:]), torch.from_numpy(self.y[:0]).dtype, pin)
+        for i in range(0, n, batch_size):
+            m = min(batch_size, n - i)
+            x[:m], y[:m] = self.draw(rng, m)
             yield x_t[:m], y_t[:m]
 
     def baseline_loss(self, split: str) -> float:

@@ -1,6 +1,7 @@
-"""Reading runs back: the runs ``python -m rnnlab.compare`` overlays, and the run a resume
-continues (found by the trainer's own key, ``rnnlab.run_key``, which a checkpoint carries
-even when it was saved before MLflow had given the run an id)."""
+"""Reading runs back: the runs ``python -m rnnlab.compare`` overlays and ``python -m
+rnnlab.report`` aggregates, and the run a resume continues (found by the trainer's own key,
+``rnnlab.run_key``, which a checkpoint carries even when it was saved before MLflow had
+given the run an id)."""
 from __future__ import annotations
 
 import re
@@ -60,6 +61,38 @@ def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -
             continue
         out.append({"run_id": run.info.run_id, "name": run.info.run_name, "params": run.data.params,
                     "metrics": run.data.metrics, "gradients": Path(local)})
+    return out
+
+
+def study_runs(uri: str, experiment: str, filter_string: str, histories: list[str]) -> list[dict[str, Any]]:
+    """Runs of ``experiment`` matching an MLflow filter string (params.x IN (...) applied
+    here), each with its params, latest metrics, status and the full history of each metric
+    in ``histories`` as a list of (step, value), in step order, for ``python -m rnnlab.report``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if local_store_dir(uri) is not None and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {uri}")  # never create one by asking
+    quiet_mlflow()
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
+    mlflow_filter, wanted = _split_param_in(filter_string)
+    try:
+        runs = client.search_runs([found.experiment_id], filter_string=mlflow_filter, max_results=50000)
+    except MlflowException as e:
+        raise TrackingError(f"--filter {filter_string!r}: {one_line(e)}") from None
+    out = []
+    for run in runs:
+        if not all(run.data.params.get(k) in values for k, values in wanted.items()):
+            continue
+        history = {}
+        for key in histories:
+            points = client.get_metric_history(run.info.run_id, key) if key in run.data.metrics else []
+            history[key] = sorted((m.step, m.value) for m in points)
+        out.append({"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
+                    "params": run.data.params, "metrics": run.data.metrics, "history": history})
     return out
 
 
