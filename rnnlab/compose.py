@@ -84,7 +84,6 @@ def jobs(argv: list[str]) -> Iterator[dict[str, Any]]:
                     raise ConfigError(_one_line(e)) from None
 
 
-<<<<<<< HEAD
 def check_jobs(raws: Sequence[dict[str, Any]], keep: int = 0, cache: dict[str, Any] | None = None) -> list[Prepared]:
     """Check composed jobs (plain dicts, as ``jobs`` gives them) before anything is written:
     what needs no torch for every job first (config.check_common: a bad ``depth`` answers at
@@ -109,8 +108,6 @@ def check_jobs(raws: Sequence[dict[str, Any]], keep: int = 0, cache: dict[str, A
     return kept
 
 
-def _axes(argv: list[str]) -> tuple[list[list[str]], list[list[Any]]]:
-=======
 def _hydra_overrides(argv: list[str]) -> list[str]:
     """The command's overrides of Hydra's own settings (hydra.x=..., hydra/group=...)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -151,7 +148,6 @@ def _with_params(params: dict[str, str], argv: list[str]) -> list[str]:
 
 
 def _axes(argv: list[str], multirun: bool) -> tuple[list[list[str]], list[list[Any]]]:
->>>>>>> studies
     """Split the command's overrides into group choices (strings for Hydra's compose) and
     value overrides (parsed), each a list of alternatives: one unless it is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
