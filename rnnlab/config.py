@@ -91,7 +91,7 @@ class ProbeConfig:
     every: int = _bounded(10, ge=0)  # probe every this many optimiser steps, from step 0; 0: only at ``at``
     at: list[int] = field(default_factory=list)  # more steps to probe (updates made before it), increasing
     resolution: int = _bounded(1, ge=1)  # keep ||dL/dh_t|| at every this-many-th step back from the loss's
-    spectra_every: int = _bounded(10, ge=1)  # W_hh's spectra on probed steps that are multiples of this
+    spectra_every: int = _bounded(100, ge=1)  # W_hh's spectra on probed steps that are multiples of this (~14 ms each)
     jacobian_samples: int = _bounded(1, ge=0)  # the state Jacobian along this many samples' trajectories; 0: off
     jacobian_every: int = _bounded(100, ge=1)  # ... on probed steps that are multiples of this (~4 steps each)
     lyapunov: LyapunovConfig = field(default_factory=LyapunovConfig)
