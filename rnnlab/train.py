@@ -328,16 +328,8 @@ def train(
                 raise Interrupted(f"stopped at step {run.step} (epoch {epoch}, batch {batch + 1}/{n_batches})")
         run.batch = 0
 
-        val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
-        # optimizer_steps: the epoch's metrics are logged at step = epoch; this says how many
-        # optimiser steps that is (learning curves and steps-to-threshold in rnnlab.report).
-        metrics = {**_epoch_metrics(sums, val_loss, optimizer, started), "optimizer_steps": float(run.step)}
-        run.history.append(metrics)
-        log(metrics, epoch)
-        if val_loss < run.best_val:
-            run.best_val, run.best_epoch, run.best_model = val_loss, epoch, copy.deepcopy(model.state_dict())
-        progress(epoch, n_batches, n_batches, metrics["train_loss"], run.best_val)
-        stop = bool(cfg.patience and epoch - run.best_epoch >= cfg.patience)
+        val_loss, stop = _close_epoch(run, model, data, cfg, optimizer, sums, started, epoch, device, log)
+        progress(epoch, n_batches, n_batches, run.history[-1]["train_loss"], run.best_val)
         next_epoch = planned_epochs(data, cfg, truncation) + 1 if stop else epoch + 1
         save(_snapshot(run, model, optimizer, probe, device, next_epoch, 0, {}, copy.deepcopy(rng.bit_generator.state)))
         on_epoch_end(epoch, val_loss)
@@ -438,6 +430,23 @@ def _epoch_start(
         sums["steps"] += resume.batch
     state = [tuple(t.to(device) for t in layer) for layer in resume.carried] if resume.carried else None
     return sums, state
+
+
+def _close_epoch(
+    run: _Run, model: nn.Module, data: Data, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+    sums: dict[str, float], started: float, epoch: int, device: torch.device, log: Log,
+) -> tuple[float, bool]:
+    """The epoch's validation loss, metrics (logged) and best weights; and whether early
+    stopping ends the run here."""
+    val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
+    # optimizer_steps: the epoch's metrics are logged at step = epoch; this says how many
+    # optimiser steps that is (learning curves and steps-to-threshold in rnnlab.report).
+    metrics = {**_epoch_metrics(sums, val_loss, optimizer, started), "optimizer_steps": float(run.step)}
+    run.history.append(metrics)
+    log(metrics, epoch)
+    if val_loss < run.best_val:
+        run.best_val, run.best_epoch, run.best_model = val_loss, epoch, copy.deepcopy(model.state_dict())
+    return val_loss, bool(cfg.patience and epoch - run.best_epoch >= cfg.patience)
 
 
 def _snapshot(
