@@ -35,6 +35,14 @@ def main() -> None:
 
         print(help_text())
         return
+    # The sweeper by name, before preflight composes a command that picks it
+    # (hydra/sweeper=optuna): an editable install (PEP 660) hides the hydra_plugins namespace
+    # from Hydra's plugin scan. Importing it registers its config too (~0.1 s, mostly Hydra's).
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
     if not (flags & (_INFO_FLAGS | _CONFIG_FLAGS | {"--help", "-h"})):
         _start_writer(argv)
         preflight(argv)
@@ -44,12 +52,6 @@ def main() -> None:
     # Output folders are named by time to the microsecond *and* process id, so runs started
     # in the same instant never share a folder (Hydra's default names them by the second).
     OmegaConf.register_new_resolver("rnnlab_pid", os.getpid, replace=True)
-    # The sweeper by name: an editable install (PEP 660) hides the hydra_plugins namespace from Hydra.
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import OptunaSweeper
-
-    Plugins.instance().register(OptunaSweeper)
     try:
         hydra.main(version_base="1.3", config_path="pkg://rnnlab.conf", config_name="config")(_hydra_job)()
     finally:
