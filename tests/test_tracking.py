@@ -312,3 +312,16 @@ def test_importing_the_tracking_package_does_not_import_mlflow():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def test_experiments_open_on_mlflows_training_view_and_a_kind_set_by_hand_is_kept(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    Tracker(uri, "new", "a", {}).finish("FINISHED")
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("new").tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("older")  # made before rnnlab set the kind: no tag
+    mine = client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(uri, "older", "b", {}).finish("FINISHED")
+    Tracker(uri, "mine", "c", {}).finish("FINISHED")
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"

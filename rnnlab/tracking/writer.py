@@ -63,6 +63,11 @@ WRITER_NICENESS = 10  # the writer's work is never urgent until the end, when th
 HEARTBEAT_SECONDS = 30.0  # the writer stamps rnnlab.heartbeat this often while the trainer lives
 RETRY_SECONDS = 5.0  # how often the writer retries a store that went away
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses GenAI (a Traces
+# overview and "Evaluations"); "custom_model_development" is its model-training view. A kind
+# someone set by hand is left alone.
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 class Writer:
     """The writer process, started before the job knows its run: it imports MLflow (~1.4 s of
@@ -329,12 +334,14 @@ class Sender:
     def _experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND not in found.tags:  # an older rnnlab's: open it on the training view too
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, TRAINING)
             return found.experiment_id
         store = local_store_dir(self.uri)
         # A local store keeps its artifacts beside it (outputs/mlartifacts), not in the cwd.
         location = (store / "mlartifacts").resolve().as_uri() if store is not None else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: TRAINING})
         except Exception:  # another job created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:
