@@ -294,7 +294,7 @@ class _Run:
         except TrackingError as e:
             raise RunError(str(e)) from None
         if self.p.resume is None:  # a resumed run has them (MLflow params never change)
-            tracker.log_params({**self.p.flat, "cell": c.cell.name, "n_params": self.p.n_params,
+            tracker.log_params({**run_params(self.p.flat, c), "cell": c.cell.name, "n_params": self.p.n_params,
                                 "n_features": self.p.data.n_features})
         return tracker
 
@@ -576,6 +576,13 @@ def _ratio(model: float, baseline: float) -> str:
 
 
 # ------------------------------------------------------------------------------------ resume
+
+
+def run_params(flat: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The params that apply to this run, for MLflow's run table and compare view: not the
+    window keys a sequence task has none of (None), and not trial.* outside a sweep."""
+    in_sweep = bool(config.trial.study)
+    return {k: v for k, v in flat.items() if v is not None and (in_sweep or not k.startswith("trial."))}
 
 
 def resume_point(resume: str | None, flat: dict[str, Any], digest: str, uri: str) -> dict[str, Any] | None:

@@ -113,3 +113,16 @@ def test_a_run_ends_with_its_lyapunov_exponents_in_mlflow_keys_the_npz_and_a_fig
     off = run(compose([*UNTRACKED, "probe.lyapunov.k=0"]), output_dir=tmp_path / "off")
     assert not any(k.startswith("lyapunov") for k in off.metrics) and not (tmp_path / "off" / "lyapunov.png").exists()
     assert np.isfinite(saved).all()
+
+
+def test_the_params_logged_are_those_that_apply_to_the_run():
+    from rnnlab.config import flatten
+    from rnnlab.run import run_params
+
+    sequence = compose(["data=adding", "data.length=20", "tracking=none"])
+    params = run_params(flatten(sequence), sequence)
+    assert "data.lookback" not in params and "data.length" in params  # no window keys on a sequence task
+    assert not any(k.startswith("trial.") for k in params)  # not a sweep trial
+    assert all(v is not None for v in params.values())
+    trial = compose(["tracking=none", "trial.study=s", "trial.storage=x.log", "trial.number=3"])
+    assert run_params(flatten(trial), trial)["trial.number"] == 3
