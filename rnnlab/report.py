@@ -16,7 +16,7 @@ with t from a table for n - 1 <= 30 and the Cornish-Fisher expansion beyond (wit
 of the exact quantile; scipy is not a dependency). A ``--threshold metric<value`` (or
 ``>``) adds the success rate, the runs whose history of that metric reaches the threshold,
 and the optimiser steps to the first value that does: mean and interval over the runs that
-got there. Per-epoch metrics are logged at step = epoch; the run's ``optimizer_steps``
+got there. Per-epoch metrics are logged at the optimiser step (older runs: at step = epoch); the run's ``optimizer_steps``
 metric (logged beside them) turns an epoch into optimiser steps, and metrics logged once at
 the end (test_loss) are at the run's last step.
 

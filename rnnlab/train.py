@@ -439,11 +439,11 @@ def _close_epoch(
     """The epoch's validation loss, metrics (logged) and best weights; and whether early
     stopping ends the run here."""
     val_loss = evaluate(model, data, "val", cfg.eval_batch_size, device)
-    # optimizer_steps: the epoch's metrics are logged at step = epoch; this says how many
-    # optimiser steps that is (learning curves and steps-to-threshold in rnnlab.report).
+    # optimizer_steps: how many optimiser steps the epoch ended on (the step its metrics are logged at;
+    # older runs logged them at step = epoch), for learning curves and steps-to-threshold in rnnlab.report.
     metrics = {**_epoch_metrics(sums, val_loss, optimizer, started), "optimizer_steps": float(run.step)}
     run.history.append(metrics)
-    log(metrics, epoch)
+    log(metrics, run.step)  # one step axis: the optimiser step, as the probe's metrics and the final ones
     if val_loss < run.best_val:
         run.best_val, run.best_epoch, run.best_model = val_loss, epoch, copy.deepcopy(model.state_dict())
     return val_loss, bool(cfg.patience and epoch - run.best_epoch >= cfg.patience)
