@@ -4,6 +4,7 @@ rnnlab.report`` aggregates, and the run a resume continues (found by the trainer
 given the run an id)."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    # MLflow draws a "Downloading artifacts" bar per file on stderr, which spills into the
+    # table compare prints; the caller's own setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
