@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,10 +175,13 @@ def _record(line: bytes) -> bytes | None:
 
 
 def load_or_create_study(
-    storage: Any, name: str, directions: Sequence[str], space: dict[str, str], sampler: Any = None, pruner: Any = None
+    storage: Any, name: str, directions: Sequence[str], space: dict[str, str], sampler: Any = None, pruner: Any = None,
+    metrics: Sequence[str] = (),
 ) -> optuna.Study:
     """The study ``name``: created, or loaded to resume. A study created with another search
-    space or other directions is refused (SweepError) before anything is written to it."""
+    space or other directions is refused (SweepError) before anything is written to it.
+    ``metrics``: the objectives' names, stored with a new study so that optuna-dashboard
+    labels its axes "val_loss", not "Objective 0"."""
     import optuna
 
     try:
@@ -192,6 +196,10 @@ def load_or_create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=list(directions)
         )
         study.set_user_attr(SPACE, space)
+        if metrics:  # experimental in Optuna 3.2-5 (pinned < 6): its warning is not the user's business
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(metrics))
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         time.sleep(0.2)  # let its creator store the space

@@ -737,3 +737,12 @@ def test_a_cma_es_sweep_runs_end_to_end(workdir):
     study = load(workdir)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert all(1e-4 <= t.params["train.lr"] <= 1e-2 and 0 <= t.params["dropout"] <= 0.3 for t in study.trials)
+
+
+def test_a_new_study_names_its_objectives_for_the_dashboard_and_a_resumed_one_keeps_them(tmp_path):
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    study = sweep.load_or_create_study(storage, "s", ["minimize", "minimize"], {}, metrics=["val_loss", "n_params"])
+    assert study.metric_names == ["val_loss", "n_params"]
+    again = sweep.load_or_create_study(sweep.open_storage(str(tmp_path / "j")), "s", ["minimize", "minimize"], {})
+    assert again.metric_names == ["val_loss", "n_params"]
+    assert sweep.load_or_create_study(storage, "unnamed", ["minimize"], {}).metric_names is None

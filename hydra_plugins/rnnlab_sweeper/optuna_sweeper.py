@@ -282,7 +282,7 @@ class OptunaSweeper(Sweeper):
         described = {k: repr(d) for k, d in space.items()}
         try:
             self.storage = S.open_storage(self.storage_url, repair=True)
-            study = S.load_or_create_study(self.storage, name, self.directions, described)
+            study = S.load_or_create_study(self.storage, name, self.directions, described, metrics=self.objectives)
         except S.SweepError as e:
             fail(str(e))
         before = len(study.trials)  # a resumed study or a later worker: another random stream
