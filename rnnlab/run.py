@@ -264,6 +264,7 @@ class _Run:
         finally:
             stop.restore()
             self._finish(status)
+            trial.record_run(self.tracker.run_id)
         if stopped is not None:
             raise stopped
         print(report(self.config, self.p, self.name, result, final, self.tracker, self.output_dir))

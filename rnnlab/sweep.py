@@ -26,6 +26,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -371,6 +372,9 @@ def record(heartbeat: Heartbeat, trial: optuna.Trial, outcome: Any, objectives: 
 # ---------------------------------------------------------------------------------- job side
 
 
+RUN_ID_ATTR = "mlflow_run_id"  # a trial's user attribute: its MLflow run
+
+
 class NullTrial:
     """Outside a sweep: the same attributes as JobTrial, doing nothing."""
 
@@ -378,6 +382,8 @@ class NullTrial:
     pruned: tuple[type[BaseException], ...] = ()  # `except ()` catches nothing
 
     def on_epoch_end(self, epoch: int, val_loss: float) -> None: ...
+
+    def record_run(self, run_id: str | None) -> None: ...
 
 
 class JobTrial:
@@ -406,6 +412,17 @@ class JobTrial:
         self.storage.set_trial_intermediate_value(self.trial_id, epoch, val_loss)
         if self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
             raise self.pruned[0](f"pruned after epoch {epoch} (val_loss {val_loss:.4g})")
+
+    def record_run(self, run_id: str | None) -> None:
+        """The trial's MLflow run id, in its user attributes (``mlflow_run_id``), so that
+        optuna-dashboard leads from a trial to its run. While the job runs, the trial is still
+        RUNNING and takes it; a storage that refuses costs the run nothing but a warning."""
+        if not run_id:
+            return
+        try:
+            self.storage.set_trial_user_attr(self.trial_id, RUN_ID_ATTR, run_id)
+        except Exception as e:  # the run's results matter more than this link
+            print(f"rnnlab: warning: trial {self.trial_id}: could not record its MLflow run: {e}", file=sys.stderr)
 
 
 def job_trial(cfg: Any) -> JobTrial | NullTrial:

@@ -499,6 +499,10 @@ def test_a_sweep_with_pruning_fills_the_study_and_mlflow_parent_and_children(tra
     assert all(r.data.tags["rnnlab.study"] == study.study_name for r in children)
     pruned = {t.number for t in study.trials if t.state == TrialState.PRUNED}
     assert {int(r.data.tags["rnnlab.trial"]) for r in children if r.info.status == "KILLED"} == pruned
+    # optuna-dashboard: each trial leads to its MLflow run (pruned ones too), the axis says val_loss
+    by_trial = {int(r.data.tags["rnnlab.trial"]): r.info.run_id for r in children}
+    assert {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials} == by_trial
+    assert study.metric_names == ["val_loss"]
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_val_loss"] == pytest.approx(study.best_value)
     assert parent.data.tags["best.cell"] == study.best_params["cell"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
