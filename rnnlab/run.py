@@ -239,7 +239,7 @@ class _Run:
         self.model = build_model(self.config, self.p.data)
         self.probe = self._probe()
         stop = runtime.StopOnSignal()
-        status, stopped = "FAILED", None
+        status, stopped, pruned = "FAILED", None, False
         try:
             result = self._fit(stop, trial)
             final = self._test(result)
@@ -249,7 +249,7 @@ class _Run:
                 self._save(self.last_state, finished=True)  # resume=auto must not pick it up again
             status = "FINISHED"
         except trial.pruned:  # stopped early by the sweep's pruner: not a failure
-            status = "KILLED"
+            status, pruned = "KILLED", True
             raise
         except (Interrupted, KeyboardInterrupt):
             status, stopped = "KILLED", self._stopped(stop)
@@ -263,7 +263,7 @@ class _Run:
             raise
         finally:
             stop.restore()
-            self._finish(status)
+            self._finish(status, patient=pruned)
             trial.record_run(self.tracker.run_id)
         if stopped is not None:
             raise stopped
@@ -498,11 +498,14 @@ class _Run:
         path.write_text(traceback.format_exc())
         self.tracker.log_artifact(path)
 
-    def _finish(self, status: str) -> None:
+    def _finish(self, status: str, patient: bool = False) -> None:
+        """Close the MLflow run. A job stopped by a signal has seconds before the scheduler
+        kills it, so it waits 1 s; a pruned trial is not in a hurry and waits as a finished run
+        does (so its run exists and the trial can name it)."""
         from rnnlab.tracking import TrackingError
 
-        try:  # a stopped job has seconds before the scheduler kills it: don't wait long
-            self.tracker.finish(status, timeout=1.0 if status == "KILLED" else 60.0)
+        try:
+            self.tracker.finish(status, timeout=1.0 if status == "KILLED" and not patient else 60.0)
         except TrackingError as e:
             print(f"rnnlab: warning: {e} (the run's files are in {self.output_dir})", file=sys.stderr)
 

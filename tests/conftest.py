@@ -33,7 +33,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def _mlflow_store_template(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite store, made once per session: creating one runs MLflow's schema
+    """An empty MLflow SQLite store, made once per pytest run: creating one runs MLflow's schema
     migrations, 2-5 s of CPU here, in whichever process opens it first."""
     from mlflow.tracking import MlflowClient
 

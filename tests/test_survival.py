@@ -92,8 +92,8 @@ def test_preempted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, add_s
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     for key in ("train_loss", "val_loss", "grad_norm"):  # each (key, step) exactly once
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-        assert sorted(steps) == [1, 2, 3, 4, 5], (key, steps)
         ref = {m.step: m.value for m in ref_client.get_metric_history(straight.info.run_id, key)}
+        assert sorted(steps) == sorted(ref) and len(ref) == 5, (key, steps)  # 5 epochs, at their optimiser steps
         got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert ref == got
 

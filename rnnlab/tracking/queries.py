@@ -38,25 +38,14 @@ def gradient_runs(uri: str, experiment: str, filter_string: str, folder: Path) -
     """Runs of ``experiment`` matching an MLflow filter string, each with its gradient artifact
     downloaded into ``folder`` (runs without one are skipped). Reads artifacts, not metric
     histories: one file per run instead of one query per metric."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     # MLflow draws a "Downloading artifacts" bar per file on stderr, which spills into the
     # table compare prints; the caller's own setting wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
-    mlflow_filter, wanted = _split_param_in(filter_string)
-    try:
-        runs = client.search_runs([found.experiment_id], filter_string=mlflow_filter, max_results=1000)
-    except MlflowException as e:
-        raise TrackingError(f"--filter {filter_string!r}: {one_line(e)}") from None
     out = []
-    for run in runs:
-        if not all(run.data.params.get(k) in values for k, values in wanted.items()):
-            continue
+    for run in _matching_runs(client, uri, experiment, filter_string, 1000):
         target = Path(folder) / run.info.run_id
         target.mkdir(parents=True, exist_ok=True)
         try:
@@ -72,25 +61,14 @@ def study_runs(uri: str, experiment: str, filter_string: str, histories: list[st
     """Runs of ``experiment`` matching an MLflow filter string (params.x IN (...) applied
     here), each with its params, latest metrics, status and the full history of each metric
     in ``histories`` as a list of (step, value), in step order, for ``python -m rnnlab.report``."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     if local_store_dir(uri) is not None and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise TrackingError(f"no MLflow store at {uri}")  # never create one by asking
     quiet_mlflow()
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
-    mlflow_filter, wanted = _split_param_in(filter_string)
-    try:
-        runs = client.search_runs([found.experiment_id], filter_string=mlflow_filter, max_results=50000)
-    except MlflowException as e:
-        raise TrackingError(f"--filter {filter_string!r}: {one_line(e)}") from None
     out = []
-    for run in runs:
-        if not all(run.data.params.get(k) in values for k, values in wanted.items()):
-            continue
+    for run in _matching_runs(client, uri, experiment, filter_string, 50000):
         history = {}
         for key in histories:
             points = client.get_metric_history(run.info.run_id, key) if key in run.data.metrics else []
@@ -98,6 +76,22 @@ def study_runs(uri: str, experiment: str, filter_string: str, histories: list[st
         out.append({"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
                     "params": run.data.params, "metrics": run.data.metrics, "history": history})
     return out
+
+
+def _matching_runs(client: Any, uri: str, experiment: str, filter_string: str, most: int) -> list[Any]:
+    """The runs of ``experiment`` that an MLflow filter string picks, its ``params.x IN (...)``
+    clauses applied here (see _split_param_in); one-line TrackingErrors."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
+    mlflow_filter, wanted = _split_param_in(filter_string)
+    try:
+        runs = client.search_runs([found.experiment_id], filter_string=mlflow_filter, max_results=most)
+    except MlflowException as e:
+        raise TrackingError(f"--filter {filter_string!r}: {one_line(e)}") from None
+    return [run for run in runs if all(run.data.params.get(k) in values for k, values in wanted.items())]
 
 
 def _split_param_in(filter_string: str) -> tuple[str, dict[str, set[str]]]:
