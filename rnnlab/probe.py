@@ -209,7 +209,7 @@ class Probe:
         norms = {key: tap.double().norm(dim=-1).cpu().numpy() for key, tap in self._taps.items()}  # (window, B)
         underflow = any(_lost(n, TINY, 2.0**-60).any() for n in norms.values())
         if underflow:
-            norms, shift = self._float64_norms(model)
+            norms, shift = self._float64_norms(model, norms)
             lost = {key: _lost(n, 2.0**-1000, 2.0**-960) for key, n in norms.items()}
         else:
             shift, lost = 0, {}
@@ -235,22 +235,25 @@ class Probe:
         """A (window, ...) per-step quantity in the data's time order (a backward cell ran reversed)."""
         return per_step if key[1] == 0 else per_step[::-1]
 
-    def _float64_norms(self, model: nn.Module) -> tuple[dict[Key, np.ndarray], int]:
+    def _float64_norms(self, model: nn.Module, float32: dict[Key, np.ndarray]) -> tuple[dict[Key, np.ndarray], int]:
         """Per-sample ||dL/dh_t|| (window, B) of every tapped layer recomputed in float64 (cell
         time), scaled by 2^shift, and the shift: the head's gradient is scaled by a power of
-        two (exact) so that the largest norm sits at 2^SCALE_TOP; a second pass sets the shift
-        from the first's largest norm."""
+        two (exact) so that the largest norm sits at 2^SCALE_TOP. The float32 taps' largest
+        norm sets the shift when none overflowed (what underflows is never the largest); an
+        overflow needs a first pass at shift 0 to find it."""
         if any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in model.modules()):
             # The training forward's masks are not kept, so a replay would differ: NaN, counted.
             return {key: np.full(tap.shape[:2], np.inf) for key, tap in self._taps.items()}, 0
-        norms = self._replay(model, shift=0)
-        finite = [n[np.isfinite(n) & (n > 0)] for n in norms.values()]
-        top = max((float(f.max()) for f in finite if f.size), default=math.nan)
+        norms, shift = float32, 0
+        if not all(np.isfinite(n).all() for n in norms.values()):
+            norms = self._replay(model, shift)
+        positive = [n[np.isfinite(n) & (n > 0)] for n in norms.values()]
+        top = max((float(p.max()) for p in positive if p.size), default=math.nan)
         if math.isfinite(top):
             shift = SCALE_TOP - math.ceil(math.log2(top))
-            if shift != 0:
-                return self._replay(model, shift), shift
-        return norms, 0
+        if norms is float32 or shift != 0:
+            norms = self._replay(model, shift)
+        return norms, shift
 
     def _replay(self, model: nn.Module, shift: int) -> dict[Key, np.ndarray]:
         """The probed forward and backward again, layer by layer from the top, in float64: each
