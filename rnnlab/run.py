@@ -324,7 +324,6 @@ class _Run:
         from rnnlab.probe import lyapunov
 
         ly = self.config.probe.lyapunov
-        self.lyapunov_end = None
         if not ly.k or ly.when != "end" or jacobians.unsupported(self.model) is not None:
             return {}
         started = time.perf_counter()
@@ -338,8 +337,7 @@ class _Run:
         self.lyapunov_end = lyapunov(self.model, x, ly.k, ly.steps, ly.warmup)
         metrics = {f"lyapunov/l{l}/{i}": float(v) for l, row in enumerate(self.lyapunov_end) for i, v in enumerate(row, 1)}
         metrics["lyapunov_seconds"] = time.perf_counter() - started
-        self.tracker.log_metrics(metrics, step)
-        self.hooks.log(metrics, step)
+        self._log(metrics, step)
         return metrics
 
     def _fit(self, stop: Any, trial: Any) -> Any:
