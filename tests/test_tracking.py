@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+import json
 import os
 import subprocess
 import sys
@@ -256,6 +257,56 @@ def test_a_60_second_server_outage_loses_nothing_and_never_blocks_training(mlflo
         assert sorted(m.step for m in history) == list(range(1, step + 1))  # zero points lost
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     assert not (tmp_path / "tracking-spool.jsonl").exists()  # delivered, so nothing left spooled
+
+
+@pytest.mark.slow
+def test_a_store_down_when_the_run_opens_gets_the_run_once_it_is_back(mlflow_server, tmp_path):
+    tracker = Tracker(mlflow_server.uri, "late", "r", tags={}, spool_dir=tmp_path)
+    mlflow_server.stop()  # gone before the writer (still importing MLflow) opens the run
+    for step in range(1, 21):
+        tracker.log_metrics({"loss": 1.0 / step}, step)
+        time.sleep(0.25)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / SPOOL).exists() and time.monotonic() < deadline:  # the writer's first try failed
+        time.sleep(0.2)
+    assert json.loads((tmp_path / SPOOL).read_text().splitlines()[0])["run_id"] is None  # kept meanwhile
+    mlflow_server.start()
+    tracker.finish(timeout=60)
+    client = MlflowClient(mlflow_server.uri)
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == list(range(1, 21))
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert not (tmp_path / SPOOL).exists()
+
+
+@pytest.mark.slow
+def test_a_run_the_store_never_saw_is_spooled_and_its_replay_creates_it(mlflow_server, tmp_path, capfd):
+    from rnnlab.tracking.recovery import replay
+
+    tracker = Tracker(mlflow_server.uri, "never", "r", tags={"rnnlab.run_key": "k1"}, spool_dir=tmp_path)
+    mlflow_server.stop()
+    tracker.log_params({"depth": 2})
+    tracker.log_metrics({"loss": 0.5}, 1)
+    tracker.log_metrics({"loss": 0.25}, 2)
+    tracker.finish(timeout=2)  # the store is still down when the trainer is done
+    assert tracker.run_id is None and "stayed unreachable" in capfd.readouterr().err
+    mlflow_server.start()
+    assert replay(tmp_path / SPOOL) == 4 and not (tmp_path / SPOOL).exists()  # params, 2 metrics, status
+    client = MlflowClient(mlflow_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("never").experiment_id])
+    assert run.info.run_name == "r" and run.data.tags["rnnlab.run_key"] == "k1" and run.info.status == "FINISHED"
+    assert run.data.params == {"depth": "2"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(1, 0.5), (2, 0.25)]
+
+
+def test_connection_failures_are_retried_and_refusals_are_not():
+    from rnnlab.tracking.store import unreachable
+
+    assert unreachable(ConnectionRefusedError(111, "Connection refused"))
+    assert unreachable(RuntimeError("API request to http://h/api failed with exception HTTPConnectionPool(host='h'): "
+                                    "Max retries exceeded with url"))
+    assert unreachable(RuntimeError('(psycopg2.OperationalError) connection to server at "127.0.0.1", port 5432 failed'))
+    assert not unreachable(RuntimeError("RESOURCE_DOES_NOT_EXIST: Run with id=no-such-run not found"))
+    assert not unreachable(ValueError("Invalid metric name"))
 
 
 def test_a_tracker_takes_over_a_writer_started_before_the_run_was_known(tmp_path):

@@ -20,9 +20,17 @@ from rnnlab.tracking.store import Work, batched, send
 SPOOL = "tracking-spool.jsonl"  # undelivered work, beside the run's other files, until delivered
 
 
-def write_spool(spool: Path, uri: str, run_id: str, pending: list[Work]) -> None:
-    """Replace the spool file with ``pending`` (atomically: a reader sees the old or the new)."""
-    lines = [json.dumps({"uri": uri, "run_id": run_id})]
+def write_spool(
+    spool: Path, uri: str, run_id: str | None, pending: list[Work],
+    opening: tuple[str, str, dict[str, str]] | None = None,
+) -> None:
+    """Replace the spool file with ``pending`` (atomically: a reader sees the old or the new).
+    A run the store was never reachable to create has no id: ``opening`` (experiment, run
+    name, tags) is what its replay creates it with."""
+    header: dict = {"uri": uri, "run_id": run_id}
+    if run_id is None and opening is not None:
+        header["experiment"], header["run_name"], header["tags"] = opening
+    lines = [json.dumps(header)]
     lines += [json.dumps([kind, payload]) for kind, payload in pending]
     temp = spool.with_suffix(".tmp")
     temp.write_text("\n".join(lines) + "\n")
@@ -31,15 +39,21 @@ def write_spool(spool: Path, uri: str, run_id: str, pending: list[Work]) -> None
 
 def replay(spool: Path) -> int:
     """Send what a writer left in its spool file (the store was down when its run ended), in
-    order, then remove the file. Returns the number of items sent."""
+    order, then remove the file; a run the store never saw is created first, as its writer
+    would have. Returns the number of items sent."""
     from mlflow.tracking import MlflowClient
 
     lines = Path(spool).read_text().splitlines()
     header = json.loads(lines[0])
     client = MlflowClient(header["uri"])
+    run_id = header["run_id"]
+    if run_id is None:
+        from rnnlab.tracking.writer import Sender  # (the writer imports this module)
+
+        run_id = Sender(header["uri"], header["experiment"], header["run_name"], header["tags"], client=client).run_id
     items = [tuple(json.loads(line)) for line in lines[1:] if line.strip()]
     for kind, payload in batched(items):
-        send(client, header["run_id"], kind, payload)
+        send(client, run_id, kind, payload)
     Path(spool).unlink()
     return len(items)
 

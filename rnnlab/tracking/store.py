@@ -110,6 +110,21 @@ def opening(first_call: Callable[[], T], attempts: int = 10) -> T:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+# What an MLflow client says when the store is not there (rather than refusing the request):
+# requests' and urllib3's words for an HTTP server, psycopg2's and PyMySQL's for a database.
+UNREACHABLE = (
+    "Max retries exceeded", "Connection refused", "Connection reset", "Connection aborted", "timed out",
+    "Name or service not known", "Temporary failure in name resolution", "could not connect to server",
+    "connection to server at", "server closed the connection", "Can't connect to MySQL", "Lost connection to MySQL",
+    "MySQL server has gone away", "database is locked",
+)
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the store is not there now (worth retrying) rather than refusing."""
+    return isinstance(error, (ConnectionError, TimeoutError)) or any(m in str(error) for m in UNREACHABLE)
+
+
 def batched(work: list[Work]) -> list[Work]:
     """Merge consecutive metrics into calls of at most 1,000; split params into 100s; the rest
     one call each, in order."""

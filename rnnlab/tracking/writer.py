@@ -56,7 +56,7 @@ from typing import Any
 
 from rnnlab.tracking.queries import find_run
 from rnnlab.tracking.recovery import write_spool
-from rnnlab.tracking.store import Work, batched, local_store_dir, one_line, opening, quiet_mlflow, send
+from rnnlab.tracking.store import Work, batched, local_store_dir, one_line, opening, quiet_mlflow, send, unreachable
 
 BATCH_SECONDS = 5.0  # the writer sends what arrived this often (and everything at the end)
 WRITER_NICENESS = 10  # the writer's work is never urgent until the end, when the trainer is idle
@@ -134,24 +134,63 @@ def _write(work: Any, replies: Any, parent: int) -> None:
     # process was still importing or connecting, that last stretch overlapped training: count
     # it (at most its wall time) as after the open.
     cpu_at_open = max(0.0, time.process_time() - max(0.0, time.time() - asked_at))
-    try:
-        sender: Sender | None = Sender(uri, experiment, run_name, tags, run_id, spool, client=connected.get(uri))
-        replies.put(("started", sender.run_id, sender.experiment_id, None, cpu_at_open))
-    except Exception as e:
-        sender = None
-        replies.put(("started", None, None, one_line(e), cpu_at_open))
+    sender, waiting, error = _open_run(run, connected.get(uri), work, parent)
+    replies.put(("started", sender.run_id if sender else None, sender.experiment_id if sender else None,
+                 error, cpu_at_open))
     # Lower priority only now that the store is open: niced from the start, the import and
     # the store's creation (~3 s of CPU) were spread over the first epochs in small slices,
     # each a torch thread's stall (measured: +23% wall against +7% this way, 3-epoch runs).
     os.nice(WRITER_NICENESS)
-    if sender is None:  # no run to write to (the error is in the "started" reply): wait for the end
-        while not _finishes(_arrivals(work, parent)):
-            pass
+    if sender is None:  # no run to write to (the error is in the "started" reply, or all is spooled)
+        while not _finishes(waiting):
+            waiting = _arrivals(work, parent)
     else:
-        _deliver_until_finish(sender, work, parent, batch_seconds)
+        _deliver_until_finish(sender, work, parent, batch_seconds, waiting)
     replies.put(("done", sender.run_id if sender else None, sender.experiment_id if sender else None, None,
                  time.process_time()))
     _leave(replies)
+
+
+def _open_run(run: tuple[Any, ...], client: Any, work: Any, parent: int) -> tuple[Sender | None, list[Work], str | None]:
+    """Create (or reopen) the run: the Sender, the work that arrived meanwhile, and the error
+    that made it impossible (None if it opened). A store that cannot be reached yet (a server
+    restarting, a database failing over) is retried every ``RETRY_SECONDS`` while the trainer's
+    work waits, in order, in memory and in the spool file, up to the trainer's finish and that
+    finish's timeout; then what waited stays in the spool, whose replay creates the run. Any
+    other refusal (no such run to resume) is final at once."""
+    uri, experiment, run_name, tags, run_id, spool, _, _ = run
+    waiting: list[Work] = []
+    deadline = None  # set once the trainer has finished: its timeout, then the spool
+    while True:
+        try:
+            return Sender(uri, experiment, run_name, tags, run_id, spool, client=client), waiting, None
+        except Exception as e:
+            if not unreachable(e):
+                return None, waiting, one_line(e)
+            if spool is not None:
+                write_spool(Path(spool), uri, run_id, _without_finish(waiting), opening=(experiment, run_name, tags))
+            if deadline is None and not waiting:
+                print(f"rnnlab: warning: the tracking store is unreachable ({one_line(e)}); retrying every "
+                      f"{RETRY_SECONDS:.0f} s, training goes on", file=sys.stderr)
+        retry_at = time.monotonic() + RETRY_SECONDS
+        while time.monotonic() < retry_at:
+            if deadline is None:
+                waiting += _arrivals(work, parent)
+                if _finishes(waiting):
+                    deadline = time.monotonic() + waiting[-1][1][1]
+            elif time.monotonic() >= deadline:
+                kept = _without_finish(waiting) + [("status", waiting[-1][1][0])]
+                if spool is not None:
+                    write_spool(Path(spool), uri, run_id, kept, opening=(experiment, run_name, tags))
+                print(f"rnnlab: warning: the tracking store stayed unreachable; {len(kept)} item(s) are kept "
+                      f"in {spool} (python -m rnnlab.reap --replay creates the run and sends them)", file=sys.stderr)
+                return None, waiting, None
+            else:
+                time.sleep(min(1.0, retry_at - time.monotonic()))
+
+
+def _without_finish(items: list[Work]) -> list[Work]:
+    return [item for item in items if item[0] != "finish"]
 
 
 def _wait_for_open(work: Any, parent: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -195,17 +234,17 @@ def _finishes(items: list[Work]) -> bool:
     return bool(items) and items[-1][0] == "finish"
 
 
-def _deliver_until_finish(sender: Sender, work: Any, parent: int, batch_seconds: float) -> None:
+def _deliver_until_finish(sender: Sender, work: Any, parent: int, batch_seconds: float, waiting: list[Work]) -> None:
     """Send what arrives every ``batch_seconds`` (and all of it at the finish), then end the run.
     A log_batch call costs more than the metrics in it: a probe every 10 steps would otherwise
-    be ~300 calls in a default run."""
-    waiting: list[Work] = []  # arrived, in order, not yet sent
-    last_send = time.monotonic()
+    be ~300 calls in a default run. ``waiting``: what arrived before the run was open."""
+    last_send = 0.0  # what waited for the open goes at once
     while True:
-        waiting += _arrivals(work, parent)
+        if not _finishes(waiting):  # (the finish may have come while the run was opening)
+            waiting += _arrivals(work, parent)
         finishing = _finishes(waiting)
         if waiting and (finishing or time.monotonic() - last_send >= batch_seconds):
-            sender.send([item for item in waiting if item[0] != "finish"])
+            sender.send(_without_finish(waiting))
             last_send = time.monotonic()
             if finishing:
                 status, timeout = waiting[-1][1]
