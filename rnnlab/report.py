@@ -7,7 +7,8 @@
 Runs are grouped by the params that differ among them, except the seed (``--ignore`` names
 more repeat keys) and what says how a run ran rather than what it computed (tracking.*,
 trial.*, resume, device, ...): the runs of a group are its seeds. For each ``--metric``
-(default test_loss and best_val_loss, the run's final values) the table gives the mean over
+(default test_loss and best_val_loss, the run's final values; ``name@N`` is the value logged
+at optimiser step N, ``name@first`` and ``name@last`` the history's ends) the table gives the mean over
 the group's runs and its 95% Student t interval,
 
     mean ± t(0.975, n-1) · s / √n        s: the sample standard deviation (n - 1 in the denominator)
@@ -185,10 +186,41 @@ class Row:
         return sum(r["status"] == "FAILED" for r in self.group.runs)
 
 
+def parse_metric(text: str) -> tuple[str, int | str | None]:
+    """``name`` (the run's final value), ``name@first``, ``name@last`` or ``name@N`` (the
+    value logged at optimiser step N: a probe's at step 0 is the initial weights')."""
+    name, _, at = text.partition("@")
+    if not at:
+        return name, None
+    if at in ("first", "last"):
+        return name, at
+    if not at.isdigit() or not name:
+        raise ReportError(f"--metric {text!r} is not allowed (allowed: name, name@first, name@last or name@N, "
+                          f"N an optimiser step, e.g. decay_rate/l0@0)")
+    return name, int(at)
+
+
+def value_of(run: dict[str, Any], metric: str) -> float:
+    """A run's value of a ``--metric`` (see parse_metric); NaN where it has none."""
+    name, at = parse_metric(metric)
+    if at is None:
+        return run["metrics"].get(name, math.nan)
+    history = run["history"].get(name, [])
+    if not history:
+        return math.nan
+    if at == "first":
+        return history[0][1]
+    if at == "last":
+        return history[-1][1]
+    to_steps = optimiser_steps(run)
+    found = [value for step, value in history if to_steps.get(step, float(step)) == at]
+    return found[-1] if found else math.nan
+
+
 def summarise(groups: list[Group], metrics: list[str], thresholds: list[Threshold]) -> list[Row]:
     rows = []
     for g in groups:
-        values = {m: Interval.of([r["metrics"].get(m, math.nan) for r in g.runs]) for m in metrics}
+        values = {m: Interval.of([value_of(r, m) for r in g.runs]) for m in metrics}
         reached, steps = {}, {}
         for th in thresholds:
             got = [s for s in (steps_to(r, th) for r in g.runs) if s is not None]
@@ -238,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"))
     parser.add_argument("--experiment", default="rnnlab", help="the MLflow experiment (a study's: its name)")
     parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"params.`cell.name` IN ('rnn', 'lstm')\"")
-    parser.add_argument("--metric", action="append", help="a final metric to aggregate (repeatable; default: test_loss, best_val_loss)")
+    parser.add_argument("--metric", action="append", help="a metric to aggregate: its final value, or name@N (at optimiser "
+                        "step N), name@first, name@last (repeatable; default: test_loss, best_val_loss)")
     parser.add_argument("--threshold", action="append", default=[], help="metric<value or metric>value: success rate and steps to it")
     parser.add_argument("--curve", action="append", help="a per-epoch metric to draw against steps (repeatable; default: val_loss)")
     parser.add_argument("--ignore", action="append", default=[], help="a param that is a repeat, like the seed (repeatable)")
@@ -253,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         thresholds = [Threshold.parse(t) for t in args.threshold]
-        wanted = sorted({*curve_metrics, *(t.metric for t in thresholds), "optimizer_steps"})
+        at_steps = [name for name, at in map(parse_metric, metrics) if at is not None]
+        wanted = sorted({*curve_metrics, *(t.metric for t in thresholds), *at_steps, "optimizer_steps"})
         runs = study_runs(args.uri, args.experiment, args.filter, wanted)
     except (ReportError, TrackingError) as e:
         print(f"rnnlab.report: error: {e}", file=sys.stderr)

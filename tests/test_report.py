@@ -97,6 +97,27 @@ def test_a_groups_learning_curve_is_the_mean_over_its_seeds_at_each_step(store):
     assert np.isfinite(half[0]) and np.isnan(half[1:]).all()
 
 
+def test_a_metric_at_a_step_is_the_value_logged_at_that_optimiser_step(store, tmp_path, capsys):
+    from rnnlab.tracking.queries import study_runs
+
+    _, groups = report.group_runs(study_runs(store, "study", "", ["val_loss", "optimizer_steps"]))
+    lstm, rnn = report.summarise(groups, ["val_loss@200", "val_loss@first", "val_loss@last", "val_loss@100"], [])
+    assert lstm.metrics["val_loss@200"].mean == pytest.approx((0.25 + 0.4 + 0.2) / 3)  # epoch 2 = 200 steps
+    same = lambda got, values: (got.n, got.mean, got.half_width) == pytest.approx(  # noqa: E731
+        (len(values), np.mean(values), report.t_975(len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))))
+    assert same(lstm.metrics["val_loss@first"], [0.5, 0.5, 0.28])
+    assert same(lstm.metrics["val_loss@last"], [0.2, 0.35, 0.1])
+    assert rnn.metrics["val_loss@200"].n == 1  # the failed run never got there: not a zero, not counted
+    assert same(rnn.metrics["val_loss@100"], [0.2, 0.9])
+    assert report.main(["--uri", store, "--experiment", "study", "--metric", "val_loss@7", "--out", str(tmp_path)]) == 0
+    header, _, lstm_row, rnn_row = capsys.readouterr().out.splitlines()[:4]
+    assert header == "| group | runs | val_loss@7 |" and lstm_row.endswith("| - |")  # no run logged at step 7
+    assert report.main(["--uri", store, "--experiment", "study", "--metric", "val_loss@end", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "rnnlab.report: error: --metric 'val_loss@end' is not allowed (allowed: name, name@first, name@last or name@N, "
+        "N an optimiser step, e.g. decay_rate/l0@0)")
+
+
 def test_a_filter_selects_and_a_bad_threshold_or_experiment_is_one_line(store, tmp_path, capsys):
     code = report.main(["--uri", store, "--experiment", "study", "--filter", "params.`cell.name` IN ('rnn')",
                         "--out", str(tmp_path / "o")])
