@@ -130,7 +130,7 @@ class Config:
     dropout: float = _bounded(0.0, ge=0, lt=1)
     bidirectional: bool = False  # every layer also runs backward in time (many-to-one tasks only)
     truncation: int = _bounded(0, ge=0)  # truncated BPTT length k; 0 = full BPTT
-    seed: int = 0
+    seed: int = _bounded(0, ge=0, lt=2**32)  # numpy's and torch's seeds are 32-bit
     device: Literal["auto", "cpu", "cuda"] = "auto"
     allocator: Literal["tuned", "system"] = "tuned"  # tuned: no per-step mmap/munmap (see README)
     quiet: bool = False  # no progress bar (sweeps)
@@ -268,23 +268,30 @@ def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
         raise ConfigError(f"{key}={value!r} is out of range (allowed: {' and '.join(filter(None, [low, high]))})")
 
 
-def _check_together(cfg: Config) -> None:
-    """Rules that involve more than one key."""
+def sequence_steps(cfg: Config) -> tuple[int | None, str, str]:
+    """The time steps one training example spans (None where the dataset decides: a stream's
+    data.length is read by the dataset), what they are, and the key that sets them."""
     from rnnlab.data import DATASETS
 
+    if cfg.data.lookback:  # a window
+        return cfg.data.lookback, "the window", f"data.lookback={cfg.data.lookback}"
+    if cfg.data.name == "copy":  # 10 symbols, T - 1 blanks, the delimiter, 10 recall steps
+        length = cfg.data.options.get("length", inspect.signature(DATASETS["copy"]).parameters["length"].default)
+        return length + 20, "a copy sequence", f"data.length+20={length + 20}"
+    length = cfg.data.options.get("length")
+    return length, "the window", f"data.length={length}"
+
+
+def _check_together(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    if cfg.tracking.enabled and not cfg.tracking.experiment.strip():
+        raise ConfigError(f"tracking.experiment={cfg.tracking.experiment!r} is empty (allowed: a name; or tracking=none)")
     if cfg.truncation and cfg.data.name == "char_lm":
         raise ConfigError(
             f"truncation={cfg.truncation} does not apply to data=char_lm (allowed: 0): its chunks of "
             "data.length steps are the truncation, with the state carried from chunk to chunk"
         )
-    if cfg.data.lookback:  # a window
-        steps, what, key = cfg.data.lookback, "the window", f"data.lookback={cfg.data.lookback}"
-    elif cfg.data.name == "copy":  # 10 symbols, T - 1 blanks, the delimiter, 10 recall steps
-        length = cfg.data.options.get("length", inspect.signature(DATASETS["copy"]).parameters["length"].default)
-        steps, what, key = length + 20, "a copy sequence", f"data.length+20={length + 20}"
-    else:
-        length = cfg.data.options.get("length")
-        steps, what, key = length, "the window", f"data.length={length}"
+    steps, what, key = sequence_steps(cfg)
     if steps and cfg.truncation > steps:
         raise ConfigError(f"truncation={cfg.truncation} is longer than {what} (allowed: 0 for full BPTT, or 1..{key})")
     if cfg.data.val_fraction and cfg.data.val_fraction + cfg.data.test_fraction >= 1:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnnlab.config import Config, ConfigError, as_raw, config_hash, flatten, redact
+from rnnlab.config import Config, ConfigError, as_raw, config_hash, flatten, redact, sequence_steps
 
 OUTPUTS = Path("outputs")  # where runs, multiruns and the default MLflow store live (cwd-relative)
 
@@ -104,6 +104,8 @@ def prepare(config: Config, secrets: frozenset[str] | set[str] = frozenset(), ca
         if model_key not in cache:  # the cell's own checks, on the meta device: no memory
             cache[model_key] = count_parameters(build_model(config, data, device="meta"))
         n_params = cache[model_key]
+        runtime.check_memory(n_params, config.hidden_size, config.depth, 2 if config.bidirectional else 1,
+                             config.train.batch_size, config.truncation or sequence_steps(config)[0], device)
         resume = resume_point(config.resume, flat, digest, config.tracking.uri if config.tracking.enabled else "")
         check_params({**flat, "cell": config.cell.name, "n_params": n_params, "n_features": data.n_features})
         if config.tracking.enabled:
@@ -227,6 +229,7 @@ class _Run:
         # from the writer): checkpoints carry it and the run is tagged with it, so a resume
         # always finds its run even if it was stopped before the run existed.
         self.run_key = resume["run_key"] if resume else uuid.uuid4().hex
+        self.refused = False  # the store refused the run (see _check_tracking)
 
     def go(self) -> Result:
         from rnnlab import runtime
@@ -359,6 +362,7 @@ class _Run:
             bar(epoch, batch, n_batches, loss, val)
 
         def on_epoch_end(epoch: int, val_loss: float) -> None:
+            self._check_tracking(epoch)
             trial.on_epoch_end(epoch, val_loss)
             self.hooks.on_epoch_end(epoch, val_loss)
 
@@ -377,6 +381,18 @@ class _Run:
             stop_requested=lambda: stop.requested() or self.hooks.stop_requested(),
             on_epoch_end=on_epoch_end, on_probe=on_probe,
         )
+
+    def _check_tracking(self, epoch: int) -> None:
+        """Stop at an epoch's end if the store refused the run (it opens while the first epoch
+        trains), with its checkpoint written: not trained to the end with nothing tracked."""
+        from rnnlab.tracking import TrackingError
+
+        try:
+            self.tracker.check()
+        except TrackingError as e:
+            self.refused = True
+            raise RunError(f"{e}; the run stopped after epoch {epoch}, its checkpoint is in {self.output_dir} "
+                           f"(resume={self.output_dir} once the store works, or tracking=none)") from None
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         self.tracker.log_metrics(metrics, step)
@@ -505,6 +521,8 @@ class _Run:
         try:
             self.tracker.finish(status, timeout=1.0 if status == "KILLED" and not patient else 60.0)
         except TrackingError as e:
+            if self.refused:  # said already, in the run's error
+                return
             print(f"rnnlab: warning: {e} (the run's files are in {self.output_dir})", file=sys.stderr)
 
 

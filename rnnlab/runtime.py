@@ -97,3 +97,46 @@ class StopOnSignal:
 
         for number, handler in self._previous.items():
             signal.signal(number, handler)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a run could still allocate on ``device``: CUDA's free memory, or the kernel's
+    MemAvailable; None where it cannot be known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(
+    n_params: int, hidden_size: int, depth: int, directions: int, batch: int, steps: int | None, device: torch.device,
+) -> None:
+    """Refuse a model whose training step cannot fit, before anything is allocated (a hidden
+    size of 10^6 asked torch for 16 TB and died with a traceback). The bound is a floor, so it
+    never refuses what fits: float32 weights and their gradients (8 bytes a parameter; Adam
+    adds 8 more) and one float per unit, layer and time step of the batch for backward (the
+    cells keep several). ``steps``: the time steps a batch spans (None: not counted)."""
+    need = 8 * n_params + 4 * batch * (steps or 0) * hidden_size * depth * directions
+    available = available_memory(device)
+    if available is not None and need > available:
+        window = f" x {steps} steps" if steps else ""
+        raise ConfigError(
+            f"hidden_size={hidden_size}, depth={depth}, train.batch_size={batch}: a training step needs at least "
+            f"{_bytes(need)} ({n_params:,} parameters with their gradients, the hidden states of {batch}{window}) "
+            f"but {_bytes(available)} is available on {device} (allowed: a model and batch that fit)"
+        )
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    raise AssertionError("unreachable")

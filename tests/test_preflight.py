@@ -25,6 +25,14 @@ ALLOWED_KEYS = ("cell, data, train, tracking, depth, hidden_size, dropout, bidir
         (["cell=indrnn", "cell.u_max=-1", "tracking=none"], "cell.u_max=-1.0 must be > 0 (or null: unbounded)"),
         (["cell=transformer", "hidden_size=10"], "cell.heads=4: must divide hidden_size=10"),
         (["trian.lr=1e-3"], f"unknown key 'trian.lr' (did you mean 'train.lr'? allowed: {ALLOWED_KEYS})"),
+        (["seed=-1"], "seed=-1 is out of range (allowed: >= 0 and < 4294967296)"),
+        (["seed=4294967296"], "seed=4294967296 is out of range (allowed: >= 0 and < 4294967296)"),
+        (["tracking.uri=ftp://nowhere/x"], "tracking.uri='ftp://nowhere/x' is not a tracking store (allowed: "
+         "sqlite:///path/to/mlflow.db, http(s)://host:port, postgresql://..., mysql://..., mssql://...; or tracking=none)"),
+        (["tracking.uri=http:///x"], "tracking.uri='http:///x' names no host (allowed: sqlite:///path/to/mlflow.db, "
+         "http(s)://host:port, postgresql://..., mysql://..., mssql://...)"),
+        (["tracking.experiment=' '"], "tracking.experiment=' ' is empty (allowed: a name; or tracking=none)"),
+        (["hidden_size=1000000", "depth=1"], None),  # the memory floor: its numbers are this machine's
         # the bad job comes after 300 good ones: every job of a grid is checked, not the first 256
         (["-m", "depth=1,0", "seed=range(0,300)"], "depth=0 is out of range (allowed: >= 1)"),
         (["-m", "cell=indrnn", "cell.u_max=1,-1", "seed=range(0,300)"], "cell.u_max=-1.0 must be > 0 (or null: unbounded)"),
@@ -38,5 +46,11 @@ def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, monke
     with pytest.raises(SystemExit) as info:
         preflight(args)
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"rnnlab: error: {message}"
+    err = capsys.readouterr().err.strip()
+    if message is None:  # a model that cannot fit: one line with the keys and both sizes
+        assert err.startswith("rnnlab: error: hidden_size=1000000, depth=1, train.batch_size=64: a training step needs "
+                              "at least 29.1 TB (4,000,045,000,001 parameters with their gradients") and " is available on cpu" in err
+        assert "\n" not in err
+    else:
+        assert err == f"rnnlab: error: {message}"
     assert list(tmp_path.iterdir()) == []  # no outputs/: no run folder, no MLflow store, no study

@@ -73,9 +73,33 @@ def test_jobs_with_equal_data_share_one_load_through_the_cache():
     assert b.n_params > a.n_params  # each model checked on its own
 
 
-def test_the_model_is_checked_on_the_meta_device_so_a_huge_one_costs_no_memory():
+def test_the_model_is_checked_on_the_meta_device_so_a_huge_one_costs_no_memory(monkeypatch):
+    from rnnlab import runtime
+
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 2**50)  # a machine with 1 PB
     prepared = prepare(compose([*UNTRACKED, "hidden_size=200000", "depth=1"]))
     assert prepared.n_params > 4 * 200000 ** 2  # 640 GB of float32 were never allocated
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 2**34)  # 16 GB
+    with pytest.raises(RunError, match=r"^hidden_size=200000, depth=1, train.batch_size=\d+: a training step needs "
+                                       r"at least 1.2 TB .* but 16.0 GB is available on cpu"):
+        prepare(compose([*UNTRACKED, "hidden_size=200000", "depth=1"]))
+    monkeypatch.setattr(runtime, "available_memory", lambda device: None)  # unknown: not refused
+    prepare(compose([*UNTRACKED, "hidden_size=200000", "depth=1"]))
+
+
+def test_a_run_the_store_refuses_stops_after_its_first_epoch_not_at_the_end(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("gone"))  # MLflow refuses a run in a deleted experiment
+    config = compose([*TINY, "probe.every=0", f"tracking.uri={uri}", "tracking.experiment=gone", "train.epochs=50",
+                      "train.patience=0"])
+    with pytest.raises(RunError, match=r"^tracking.uri='sqlite:///.*': .*deleted.*; the run stopped after epoch \d+, "
+                                       r"its checkpoint is in .*run \(resume=.*run once the store works, or tracking=none\)$"):
+        run(config, output_dir=tmp_path / "run")
+    epoch = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["epoch"]
+    assert 1 <= epoch < 50  # stopped early, its checkpoint kept
 
 
 def test_a_cell_with_a_solved_readout_is_fitted_in_closed_form(tmp_path):

@@ -82,6 +82,14 @@ class Tracker:
         self.call_seconds += time.perf_counter() - started
         return self._run_id
 
+    def check(self) -> None:
+        """Raise the store's refusal of the run (a TrackingError), once the writer has reported
+        one: without this a run the store refused (a read-only database, a run id that is not
+        there) trained to the end untracked. A store that is only unreachable is no refusal:
+        the writer retries it. Never waits."""
+        if self.run_id is None and self._error is not None:
+            raise TrackingError(f"tracking.uri={self.uri!r}: {self._error}")
+
     # Each call only queues: the training thread never waits on the store.
     def log_params(self, params: dict[str, Any]) -> None:
         check_params(params)
@@ -154,6 +162,7 @@ class NullTracker:
     experiment_id = None
     uri = None
 
+    def check(self) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...

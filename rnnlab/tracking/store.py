@@ -48,28 +48,41 @@ def local_store_dir(uri: str) -> Path | None:
     return None
 
 
+# The stores an rnnlab run can write to: MLflow's SQL stores and its tracking server. (A
+# scheme MLflow does not know, ftp://, used to train to the end with no run at all.)
+SERVER_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+STORE_SCHEMES = {"sqlite", *SERVER_PORTS}
+ALLOWED_STORES = "sqlite:///path/to/mlflow.db, http(s)://host:port, postgresql://..., mysql://..., mssql://..."
+
+
 def check_reachable(uri: str, create: bool = False) -> None:
     """Cheap checks that fail fast, before training, on a store that cannot work: a local
     store's folder must be writable (``create``: and is made now, as a run or a sweep opens
     it; without, nothing is created, so a run refused later leaves nothing behind), a server
     must accept a connection. Opening the store and creating the run happen in the writer."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
+    scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2 is postgresql
+    if scheme not in STORE_SCHEMES:
+        raise TrackingError(f"tracking.uri={uri!r} is not a tracking store (allowed: {ALLOWED_STORES}; or tracking=none)")
     store = local_store_dir(uri)
     if store is not None:
         existing = next(p for p in [store.absolute(), *store.absolute().parents] if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({str(existing)!r} is not a writable folder)")
+        db = Path(uri.removeprefix("sqlite:///"))
+        if db.exists() and (not db.is_file() or not os.access(db, os.W_OK)):
+            raise TrackingError(f"tracking.uri={uri!r}: {str(db)!r} is not a writable file")
         if create:
             try:
                 store.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({e.strerror})") from None
-    elif uri.startswith(("http://", "https://")):
+    elif scheme in SERVER_PORTS:
         url = urlparse(uri)
-        port = url.port or (443 if url.scheme == "https" else 80)
+        if not url.hostname and scheme in ("http", "https"):
+            raise TrackingError(f"tracking.uri={uri!r} names no host (allowed: {ALLOWED_STORES})")
+        if not url.hostname:  # postgresql:///db: the database's local socket
+            return
+        port = url.port or SERVER_PORTS[scheme]
         try:
             socket.create_connection((url.hostname, port), timeout=3).close()
         except OSError as e:
