@@ -64,7 +64,10 @@ def plot_gradient_heatmaps(log_dh: Any, steps: Any, path: Path, title: str = "")
     return path
 
 
-def plot_decay(curves: dict[str, Any], path: Path, title: str, bands: dict[str, tuple[Any, Any]] | None = None) -> Path:
+def plot_decay(
+    curves: dict[str, Any], path: Path, title: str, bands: dict[str, tuple[Any, Any]] | None = None,
+    band_label: str = "batch mean; band: 10th-90th percentile",
+) -> Path:
     """log10 ||dL/dh_t|| against the distance from the loss, one line per entry of ``curves``
     (label -> (T,) log10 norms at t = 0..T-1), with the band between the batch's 10th and 90th
     percentiles where ``bands`` has the label, and the fitted decay line with its rate (decades
@@ -90,7 +93,7 @@ def plot_decay(curves: dict[str, Any], path: Path, title: str, bands: dict[str, 
             intercept = np.mean(log[keep] - rate * d)
             ax.plot(d, intercept + rate * d, ls="--", lw=0.9, color=color)
     ax.set_xlabel("distance from the loss (time steps)")
-    ax.set_ylabel("log10 ||dL/dh_t|| (batch mean; band: 10th-90th percentile)" if bands else "log10 ||dL/dh_t|| (batch mean)")
+    ax.set_ylabel(f"log10 ||dL/dh_t|| ({band_label})" if bands else "log10 ||dL/dh_t|| (batch mean)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

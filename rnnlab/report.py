@@ -259,6 +259,27 @@ def curves(group: Group, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return steps, np.array([i.mean for i in stats]), np.array([i.half_width for i in stats])
 
 
+def decay_curve(logs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A group's gradient decay: log10 ||dL/dh_t|| at t = 0..T-1 of its runs' probes (one (T,)
+    row each), its mean over the runs at each t and the 95% t interval (low, high). A t some
+    run did not measure (-inf: no gradient, NaN: not measured) is left out of that t's mean."""
+    rows = np.array(logs, dtype=np.float64)
+    stats = [Interval.of(column) for column in rows.T]
+    mean = np.array([i.mean for i in stats])
+    half = np.array([i.half_width for i in stats])
+    return mean, mean - half, mean + half
+
+
+def probe_log(path: Path, step: int, layer: int = 0) -> np.ndarray | None:
+    """Layer ``layer``'s (forward) log10 ||dL/dh_t|| row at probe step ``step`` of a run's
+    gradients.npz, or None if the run did not probe that step."""
+    with np.load(path) as saved:
+        hit = np.flatnonzero(saved["steps"] == step)
+        if not len(hit) or saved["log_dh"].shape[1] <= layer:
+            return None
+        return saved["log_dh"][hit[0], layer, 0]
+
+
 def baseline(runs: list[dict[str, Any]]) -> float | None:
     """The trivial predictor's loss the runs logged (baseline_loss), averaged; None if none."""
     values = [r["metrics"]["baseline_loss"] for r in runs if "baseline_loss" in r["metrics"]]
@@ -274,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                         "step N), name@first, name@last (repeatable; default: test_loss, best_val_loss)")
     parser.add_argument("--threshold", action="append", default=[], help="metric<value or metric>value: success rate and steps to it")
     parser.add_argument("--curve", action="append", help="a per-epoch metric to draw against steps (repeatable; default: val_loss)")
+    parser.add_argument("--decay", action="append", type=int, default=[], help="a probed optimiser step: draw each "
+                        "group's log10 ||dL/dh_t|| of layer 0 at it against the distance from the loss (repeatable)")
     parser.add_argument("--ignore", action="append", default=[], help="a param that is a repeat, like the seed (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and the figures (default: outputs/report/<experiment>)")
     args = parser.parse_args(argv)
@@ -306,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     for metric in curve_metrics:
         lines = {g.label: curves(g, metric) for g in groups}
         figures.append(plot_learning_curves(
-            {label: c for label, c in lines.items() if len(c[0])}, out / f"curves_{metric}.png",
+            {label: c for label, c in lines.items() if len(c[0])}, out / f"curves_{metric.replace('/', '_')}.png",
             f"{args.experiment}: {metric}, mean over seeds (band: 95% t interval)", metric, baseline(runs)))
+    figures += _decay_figures(args.uri, args.experiment, groups, args.decay, out)
     where = f"filter `{args.filter}`, " if args.filter else ""
     text = "\n".join([
         f"# {args.experiment}: {len(runs)} runs in {len(groups)} groups",
@@ -326,6 +350,32 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"report: {out / 'report.md'}; figures: {', '.join(str(f) for f in figures)}")
     return 0
+
+
+def _decay_figures(uri: str, experiment: str, groups: list[Group], steps: list[int], out: Path) -> list[Path]:
+    """decay_step<N>.png per ``--decay`` step: each group's mean log-norm curve over its runs'
+    gradients.npz, with its 95% t band and the fitted rate of the mean."""
+    import tempfile
+
+    from rnnlab.figures import plot_decay
+    from rnnlab.tracking.queries import run_file
+
+    figures = []
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {r["run_id"]: run_file(uri, r, "gradients.npz", Path(scratch) / r["run_id"]) for g in groups for r in g.runs}
+        for step in steps:
+            curves, bands = {}, {}
+            for g in groups:
+                logs = [log for r in g.runs if files[r["run_id"]] is not None
+                        for log in [probe_log(files[r["run_id"]], step)] if log is not None]
+                if logs and len({len(log) for log in logs}) == 1:
+                    mean, low, high = decay_curve(logs)
+                    curves[f"{g.label} (n={len(logs)})"], bands[f"{g.label} (n={len(logs)})"] = mean, (low, high)
+            if curves:
+                figures.append(plot_decay(curves, out / f"decay_step{step}.png",
+                                          f"{experiment}: layer 0 at step {step}, mean over seeds", bands,
+                                          band_label="mean over seeds; band: 95% t interval"))
+    return figures
 
 
 if __name__ == "__main__":

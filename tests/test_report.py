@@ -118,6 +118,35 @@ def test_a_metric_at_a_step_is_the_value_logged_at_that_optimiser_step(store, tm
         "N an optimiser step, e.g. decay_rate/l0@0)")
 
 
+def test_a_groups_decay_curve_is_the_mean_over_its_runs_probes_with_a_t_band(tmp_path):
+    from rnnlab.probe import ProbeRecord, save_records
+
+    def probed(path, rows):  # one run's gradients.npz: probes at steps 0 and 50, one layer
+        records = []
+        for step, row in zip((0, 50), rows):
+            log = np.array(row, dtype=float).reshape(1, 1, -1)
+            records.append(ProbeRecord(step=step, log_dh=log, log_dh_p10=log, log_dh_p90=log,
+                                       w_share=np.full_like(log, np.nan), grad_norm=1.0, grad_norm_clipped=1.0,
+                                       clipped=False, weight_norms={}, spectral_radius=np.array([np.nan]),
+                                       max_singular=np.array([np.nan])))
+        save_records(records, path)
+        return path
+
+    for run in "ab":
+        (tmp_path / run).mkdir()
+    a = probed(tmp_path / "a" / "gradients.npz", [[-3.0, -2.0, -1.0], [-1.0, -1.0, -1.0]])
+    b = probed(tmp_path / "b" / "gradients.npz", [[-5.0, -np.inf, -1.0], [-1.0, -1.0, -1.0]])
+    runs = [{"run_id": run, "tags": {"rnnlab.output_dir": str(tmp_path / run)}} for run in "ab"]  # found in its folder
+    (figure,) = report._decay_figures("sqlite:///unused.db", "study", [report.Group("cell=rnn", runs)], [0, 7], tmp_path)
+    assert figure == tmp_path / "decay_step0.png" and figure.stat().st_size > 0  # step 7: nobody probed it
+    assert report.probe_log(a, 7) is None  # a step it did not probe
+    logs = [report.probe_log(a, 0), report.probe_log(b, 0)]
+    mean, low, high = report.decay_curve(logs)
+    assert mean[0] == -4.0 and high[0] - mean[0] == pytest.approx(12.706205)  # t(0.975, 1) * sqrt(2) / sqrt(2)
+    assert mean[1] == -2.0 and math.isnan(low[1])  # -inf (no gradient) is left out: one run, no interval
+    assert mean[2] == -1.0 and low[2] == high[2] == -1.0
+
+
 def test_a_filter_selects_and_a_bad_threshold_or_experiment_is_one_line(store, tmp_path, capsys):
     code = report.main(["--uri", store, "--experiment", "study", "--filter", "params.`cell.name` IN ('rnn')",
                         "--out", str(tmp_path / "o")])

@@ -74,8 +74,24 @@ def study_runs(uri: str, experiment: str, filter_string: str, histories: list[st
             points = client.get_metric_history(run.info.run_id, key) if key in run.data.metrics else []
             history[key] = sorted((m.step, m.value) for m in points)
         out.append({"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
-                    "params": run.data.params, "metrics": run.data.metrics, "history": history})
+                    "params": run.data.params, "metrics": run.data.metrics, "history": history,
+                    "tags": run.data.tags})
     return out
+
+
+def run_file(uri: str, run: dict[str, Any], name: str, into: Path) -> Path | None:
+    """One of a run's files (``gradients.npz``): from the run's own folder where it is on this
+    machine (tag rnnlab.output_dir), else its MLflow artifact downloaded into ``into``; None
+    if the run has neither."""
+    local = Path(run["tags"].get("rnnlab.output_dir", "")) / name
+    if run["tags"].get("rnnlab.output_dir") and local.is_file():
+        return local
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return Path(MlflowClient(uri).download_artifacts(run["run_id"], name, str(into)))
+    except Exception:  # not logged (tracking of artifacts failed, or an older run)
+        return None
 
 
 def _matching_runs(client: Any, uri: str, experiment: str, filter_string: str, most: int) -> list[Any]:
