@@ -139,7 +139,8 @@ def group_runs(runs: list[dict[str, Any]], ignore: set[str] = frozenset()) -> tu
     """The params that differ among ``runs`` (not ``NOT_SETTINGS``, ``ignore``), and the runs
     grouped by their values of those, in label order. A param that splits nothing the others
     do not (cell.chrono, which only the LSTM runs have, beside cell.name) stays out of the
-    labels; params some runs lack go first."""
+    labels; params some runs lack go first, and one every run has is kept beside one some lack
+    (a GRU among LSTMs of two forget biases reads cell.name=gru, not cell.forget_bias=-)."""
     skip = NOT_SETTINGS | set(ignore)
     keys = sorted({k for r in runs for k in r["params"]} - skip)
     keys = [k for k in keys if not k.startswith(NOT_SETTING_PREFIXES)
@@ -148,8 +149,11 @@ def group_runs(runs: list[dict[str, Any]], ignore: set[str] = frozenset()) -> tu
     def parts(kept: list[str]) -> int:
         return len({tuple(r["params"].get(k) for k in kept) for r in runs})
 
-    for key in sorted(keys, key=lambda k: (all(k in r["params"] for r in runs), k)):
+    everywhere = {k for k in keys if all(k in r["params"] for r in runs)}
+    for key in sorted(keys, key=lambda k: (k in everywhere, k)):
         rest = [k for k in keys if k != key]
+        if key in everywhere and not set(rest) <= everywhere:
+            continue  # cell.name stays beside cell.forget_bias, which the GRU lacks: no "forget_bias=-" label alone
         if rest and parts(rest) == parts(keys):  # the same groups without it
             keys = rest
     groups: dict[str, Group] = {}

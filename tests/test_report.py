@@ -147,6 +147,16 @@ def test_a_groups_decay_curve_is_the_mean_over_its_runs_probes_with_a_t_band(tmp
     assert mean[2] == -1.0 and low[2] == high[2] == -1.0
 
 
+def test_a_cell_without_the_swept_option_keeps_its_name_in_the_label():
+    runs = [{"params": {"cell.name": "lstm", "cell.forget_bias": bias, "seed": seed}} for bias in ("0.0", "1.0") for seed in "01"]
+    runs += [{"params": {"cell.name": "gru", "seed": seed}} for seed in "01"]
+    keys, groups = report.group_runs(runs)
+    assert keys == ["cell.forget_bias", "cell.name"]
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("cell.forget_bias=-, cell.name=gru", 2), ("cell.forget_bias=0.0, cell.name=lstm", 2),
+        ("cell.forget_bias=1.0, cell.name=lstm", 2)]
+
+
 def test_a_filter_selects_and_a_bad_threshold_or_experiment_is_one_line(store, tmp_path, capsys):
     code = report.main(["--uri", store, "--experiment", "study", "--filter", "params.`cell.name` IN ('rnn')",
                         "--out", str(tmp_path / "o")])
