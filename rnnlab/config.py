@@ -19,6 +19,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -307,9 +308,13 @@ def _check_together(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
     _check_probe(cfg)
     needed = {"csv": ("path", "target"), "jena": ("path",), "char_lm": ("path",)}
-    for key in needed.get(cfg.data.name, ()):
-        if not cfg.data.options.get(key):
-            raise ConfigError(f"data.{key} is empty: data={cfg.data.name} needs data.{key}=...")
+    problems = [f"data.{key} is empty: data={cfg.data.name} needs data.{key}=..."
+                for key in needed.get(cfg.data.name, ()) if not cfg.data.options.get(key)]
+    path = cfg.data.options.get("path")
+    if problems and path and not Path(path).exists():  # every problem of the input at once, not one per try
+        problems.insert(0, f"data.path={path!r}: no such file")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _check_probe(cfg: Config) -> None:

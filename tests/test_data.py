@@ -135,6 +135,27 @@ def test_csv_errors_name_line_column_and_value(tmp_path, text, pattern):
     assert "\n" not in str(info.value)
 
 
+def test_csv_headers_wide_lines_folders_and_time_zones(tmp_path):
+    with pytest.raises(DataError, match=r"^dup.csv line 1: column 'load' appears more than once in the header "
+                                        r"\(allowed: distinct column names\)$"):
+        load_csv(write(tmp_path, "time,load,load\n2024-01-01 00:00,1,2\n", "dup.csv"), "time", "load")
+    columns = 8001  # lines of ~72 KB: wider than one block read from the end
+    header = "time," + ",".join(f"c{i}" for i in range(columns))
+    rows = [f"2024-01-01 {h:02d}:00," + ",".join(f"{(h * i) % 97 / 97:.6f}" for i in range(columns)) for h in range(6)]
+    wide = load_csv(write(tmp_path, "\n".join([header, *rows]) + "\n", "wide.csv"), "time", "c0")
+    assert wide.values.shape == (6, columns)
+    torn = write(tmp_path, "\n".join([header, *rows, rows[0][: len(rows[0]) // 2]]) + "\n", "torn_wide.csv")
+    with pytest.raises(DataError, match=r"torn_wide.csv line 8: \d+ field\(s\), the header has 8002"):
+        load_csv(torn, "time", "c0")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match=r"^data.path='.*folder' is a folder \(allowed: a .csv or .parquet file\)$"):
+        load_csv(tmp_path / "folder", "time", "c0")
+    zones = "time,y\n2024-01-01T00:00:00+00:00,1\n2024-01-01T01:00:00+00:00,2\n2024-01-01T02:00:00+02:00,3\n"
+    with pytest.raises(DataError, match=r"^tz.csv line 4, column 'time': '2024-01-01T02:00:00\+02:00' has UTC offset "
+                                        r"\+02:00 but tz.csv line 2 has \+00:00 \(allowed: one offset"):
+        load_csv(write(tmp_path, zones, "tz.csv"), "time", "y")
+
+
 def test_csv_missing_columns_file_and_encoding(tmp_path):
     path = write(tmp_path, GOOD)
     with pytest.raises(DataError, match=r"data.target='price' is not a column of data.csv \(columns: time, load, temp\)"):
@@ -390,8 +411,10 @@ def test_jena_loader_drops_repeated_stamps_and_the_wind_sentinel(tmp_path):
 
 def test_csv_size_limit_and_truncated_last_line_are_one_line_errors(tmp_path):
     big = write(tmp_path, GOOD * 50, "big.csv")
-    with pytest.raises(DataError, match=r"data.path='.*big.csv': 0.0 MB is larger than data.max_mb=1e-05"):
-        load_csv(big, "time", "temp", max_mb=1e-5)
+    with pytest.raises(DataError, match=r"data.path='.*big.csv': the file is \d+\.\d KB, larger than data.max_mb=0.000976562 \(1.0 KB\)$"):
+        load_csv(big, "time", "temp", max_mb=2**-10)
+    with pytest.raises(DataError, match=r"^data.max_mb=0 is out of range \(allowed: > 0\)$"):
+        load_csv(big, "time", "temp", max_mb=0)
     torn = write(tmp_path, GOOD + "2024-01-01 03:00,4.5", "torn.csv")  # the writer died mid-line
     with pytest.raises(DataError, match=r"torn.csv line 5: 2 field\(s\), the header has 3 \(a truncated line\?\)"):
         load_csv(torn, "time", "temp")

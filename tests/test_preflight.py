@@ -25,6 +25,8 @@ ALLOWED_KEYS = ("cell, data, train, tracking, depth, hidden_size, dropout, bidir
         (["cell=indrnn", "cell.u_max=-1", "tracking=none"], "cell.u_max=-1.0 must be > 0 (or null: unbounded)"),
         (["cell=transformer", "hidden_size=10"], "cell.heads=4: must divide hidden_size=10"),
         (["trian.lr=1e-3"], f"unknown key 'trian.lr' (did you mean 'train.lr'? allowed: {ALLOWED_KEYS})"),
+        (["data=csv", "data.path=/nonexistent.csv"],  # both problems of the input at once
+         "data.path='/nonexistent.csv': no such file; data.target is empty: data=csv needs data.target=..."),
         (["seed=-1"], "seed=-1 is out of range (allowed: >= 0 and < 4294967296)"),
         (["seed=4294967296"], "seed=4294967296 is out of range (allowed: >= 0 and < 4294967296)"),
         (["tracking.uri=ftp://nowhere/x"], "tracking.uri='ftp://nowhere/x' is not a tracking store (allowed: "

@@ -40,13 +40,32 @@ def load_csv(
 
 
 def _last_line_fields(file: Path) -> int:
-    """Fields on the file's last non-empty line (a writer killed mid-line leaves it short)."""
+    """Fields on the file's last non-empty line (a writer killed mid-line leaves it short),
+    read from the end in growing blocks until the line is whole (a line may be wider than any
+    fixed block: 8,000 columns make 72 KB lines)."""
     import csv
 
+    size, block = file.stat().st_size, 65536
     with open(file, "rb") as f:
-        f.seek(max(file.stat().st_size - 65536, 0))
-        lines = [line for line in f.read().splitlines() if line.strip()]
+        while True:
+            start = max(size - block, 0)
+            f.seek(start)
+            lines = [line for line in f.read().splitlines() if line.strip()]
+            if start == 0 or len(lines) >= 2:  # the last line began after this block's start
+                break
+            block *= 4
     return len(next(csv.reader([lines[-1].decode("utf-8", errors="replace")]))) if lines else 0
+
+
+def _header_duplicates(file: Path) -> list[str]:
+    """Column names the header line repeats (pandas would rename the second 'load' to 'load.1'
+    and train on it as a feature of its own)."""
+    import csv
+    from collections import Counter
+
+    with open(file, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader(f), [])
+    return [name for name, n in Counter(header).items() if n > 1]
 
 
 def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int | None], str]]:
@@ -56,12 +75,17 @@ def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int
 
     file = Path(path)
     name = f"data.path={str(file)!r}"
+    if max_mb <= 0:
+        raise DataError(f"data.max_mb={max_mb:g} is out of range (allowed: > 0)")
+    if file.is_dir():
+        raise DataError(f"{name} is a folder (allowed: a .csv or .parquet file)")
     if not file.is_file():
         raise DataError(f"{name}: no such file")
-    if file.stat().st_size == 0:
+    size = file.stat().st_size
+    if size == 0:
         raise DataError(f"{name}: the file is empty")
-    if file.stat().st_size > max_mb * 2**20:
-        raise DataError(f"{name}: {file.stat().st_size / 2**20:.1f} MB is larger than data.max_mb={max_mb:g}")
+    if size > max_mb * 2**20:
+        raise DataError(f"{name}: the file is {_size(size)}, larger than data.max_mb={max_mb:g} ({_size(max_mb * 2**20)})")
     if file.suffix.lower() in (".parquet", ".pq"):
         try:
             table = pd.read_parquet(file)
@@ -77,6 +101,10 @@ def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise DataError(f"{name}: not a readable CSV ({' '.join(str(e).split())})") from None
         unit, first = "line", 2  # the header is line 1
+        repeated = _header_duplicates(file)
+        if repeated:
+            raise DataError(f"{file.name} line 1: column {repeated[0]!r} appears more than once in the header "
+                            "(allowed: distinct column names)")
         fields = _last_line_fields(file)  # pandas pads a short line with "": look at the text
         if fields < table.shape[1]:
             raise DataError(f"{file.name} line {len(table) + 1}: {fields} field(s), the header has "
@@ -84,6 +112,10 @@ def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int
     if len(table) == 0:
         raise DataError(f"{name}: a header but no rows")
     return table, lambda row: file.name if row is None else f"{file.name} {unit} {row + first}"
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB" if n >= 2**10 else f"{n:.0f} bytes"
 
 
 def table_to_series(
@@ -119,7 +151,11 @@ def table_to_series(
         values[:, j] = _numbers(table, column, where, missing, first)
 
     text = table[time_column]
-    time = pd.to_datetime(text, errors="coerce", format=time_format)
+    try:
+        time = pd.to_datetime(text, errors="coerce", format=time_format)
+    except ValueError as e:  # pandas refuses a column of mixed UTC offsets outright
+        raise DataError(_mixed_offsets(text, where, time_column) or f"{file}, column {time_column!r}: "
+                        f"{' '.join(str(e).split())}") from None
     if time.isna().any():
         row = int(np.argmax(time.isna().to_numpy()))
         raise DataError(f"{where(table.index[row])}, column {time_column!r}: {text.iloc[row]!r} is not a date/time ({time_format} expected)")
@@ -136,6 +172,20 @@ def table_to_series(
     panel = id_column is not None
     return Series(values=values, columns=features, target=0, time=time,
                   lengths=lengths if panel else None, ids=[str(i) for i in ids] if panel else None)
+
+
+def _mixed_offsets(text, where: Callable[[int | None], str], column: str) -> str | None:
+    """The first row whose UTC offset differs from the first row's, as an error line; None if
+    the offsets agree (the error was something else)."""
+    import re
+
+    offsets = [m.group(0) if (m := re.search(r"(Z|[+-]\d\d(:?\d\d)?)$", str(t).strip())) else "" for t in text]
+    for row, offset in enumerate(offsets):
+        if offset != offsets[0]:
+            return (f"{where(text.index[row])}, column {column!r}: {text.iloc[row]!r} has UTC offset "
+                    f"{offset or 'none'} but {where(text.index[0])} has {offsets[0] or 'none'} (allowed: one offset "
+                    "for every time stamp, or none)")
+    return None
 
 
 def _numbers(table, column: str, where: Callable[[int | None], str], missing: str, first: np.ndarray) -> np.ndarray:
