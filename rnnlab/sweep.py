@@ -556,7 +556,7 @@ def summarize(study: optuna.Study, objectives: Sequence[str], out_dir: Path, imp
     else:
         result["best_trials"] = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
     rows = []
-    if importance and len(complete) >= 2:
+    if importance and len(complete) >= 2 and _has_sklearn():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, name in enumerate(objectives):
@@ -577,6 +577,20 @@ def summarize(study: optuna.Study, objectives: Sequence[str], out_dir: Path, imp
     result["files"].insert(0, out_dir / "optimization_results.yaml")
     result["files"] += _figures(study, objectives, out_dir, rows)
     return result
+
+
+def _has_sklearn() -> bool:
+    """fANOVA fits a random forest from scikit-learn (a dependency of rnnlab). Where it is
+    missing anyway, the summary still writes the best trial and the history, and says why the
+    importances are absent, instead of failing the sweep after every trial has run (Optuna's
+    evaluator raises ImportError)."""
+    try:
+        import sklearn.ensemble  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    print("rnnlab: warning: no fANOVA importances: scikit-learn is not installed (pip install scikit-learn)", file=sys.stderr)
+    return False
 
 
 def _figures(study: optuna.Study, objectives: Sequence[str], out_dir: Path, rows: list[tuple[str, str, float]]) -> list[Path]:
