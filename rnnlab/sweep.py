@@ -328,6 +328,23 @@ class Heartbeat:
         self._thread.join()
 
 
+def enqueue_balanced(study: optuna.Study, key: str, choices: Sequence[Any]) -> Any:
+    """Enqueue a trial with ``key`` fixed to its choice that the study has run least (ties:
+    the first in ``choices``), so the choices take turns and each gets an equal share of the
+    trials; the sampler still draws every other parameter. Greff et al. 2017 ran one random
+    search per LSTM variant: this is that design in one study. Trials a retry stands in for
+    are not counted. Returns the choice."""
+    from optuna.trial import TrialState
+
+    counts = {c: 0 for c in choices}
+    for t in study.get_trials(deepcopy=False):
+        if key in t.params and t.params[key] in counts and not (t.state == TrialState.FAIL and t.system_attrs.get(RETRIED)):
+            counts[t.params[key]] += 1
+    choice = min(choices, key=lambda c: counts[c])  # min keeps the first of equals
+    study.enqueue_trial({key: choice})
+    return choice
+
+
 def claim(heartbeat: Heartbeat, distributions: dict[str, Any]) -> optuna.Trial:
     """Ask the heartbeat's study for a trial (an enqueued retry first) and mark it as this
     worker's: its host:pid and a first beat."""
