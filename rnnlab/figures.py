@@ -190,3 +190,38 @@ def plot_learning_curves(
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_variants_and_importances(groups: dict[str, Any], baseline: str, significant: dict[str, bool],
+                                  importances: list[tuple[str, float, float, float]], path: Path, title: str) -> Path:
+    """Greff et al.'s two views of a random search, side by side. Left: each group's trial
+    values (a box over the quartiles, whiskers to the extremes, every trial a dot, the mean a
+    diamond); the baseline grey, a group that differs significantly from it red. Right: fANOVA
+    fractions of variance (main effects, then pairs), each bar the mean, its error bar the sd
+    over trees (thin) and over forests (thick). ``importances``: (name, mean, sd trees, sd forests)."""
+    names = list(groups)
+    fig = _figure(figsize=(12, 4.6))
+    left, right = fig.subplots(1, 2, width_ratios=[1.4, 1])
+    data = [np.asarray(groups[n], dtype=float) for n in names]
+    boxes = left.boxplot(data, whis=(0, 100), widths=0.55, patch_artist=True, showfliers=False)
+    for patch, name in zip(boxes["boxes"], names):
+        patch.set_facecolor("0.8" if name == baseline else ("tab:red" if significant.get(name) else "tab:blue"))
+        patch.set_alpha(0.45)
+    rng = np.random.default_rng(0)  # the dots' jitter only
+    for i, values in enumerate(data, start=1):
+        left.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=12, color="black", zorder=3)
+        left.scatter([i], [values.mean()], marker="D", s=30, color="tab:orange", zorder=4)
+    left.set_xticks(range(1, len(names) + 1), names, rotation=30)
+    left.set(ylabel="best validation loss (trial's objective)", title=f"{title}: trials per group (red: differs from {baseline})")
+    left.grid(alpha=0.3, axis="y")
+    rows = importances[::-1]  # the largest main effect at the top
+    y = np.arange(len(rows))
+    means = [r[1] for r in rows]
+    right.barh(y, means, color=["tab:purple" if " x " in r[0] else "tab:blue" for r in rows])
+    right.errorbar(means, y, xerr=[r[2] for r in rows], fmt="none", ecolor="0.4", lw=1, capsize=2)
+    right.errorbar(means, y, xerr=[0 if np.isnan(r[3]) else r[3] for r in rows], fmt="none", ecolor="black", lw=3)
+    right.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    right.set(xlabel="fraction of variance (fANOVA)", title="importance: main effects (blue), pairs (purple)")
+    right.grid(alpha=0.3, axis="x")
+    fig.savefig(path, dpi=100)
+    return path

@@ -328,6 +328,23 @@ class Heartbeat:
         self._thread.join()
 
 
+def enqueue_balanced(study: optuna.Study, key: str, choices: Sequence[Any]) -> Any:
+    """Enqueue a trial with ``key`` fixed to its choice that the study has run least (ties:
+    the first in ``choices``), so the choices take turns and each gets an equal share of the
+    trials; the sampler still draws every other parameter. Greff et al. 2017 ran one random
+    search per LSTM variant: this is that design in one study. Trials a retry stands in for
+    are not counted. Returns the choice."""
+    from optuna.trial import TrialState
+
+    counts = {c: 0 for c in choices}
+    for t in study.get_trials(deepcopy=False):
+        if key in t.params and t.params[key] in counts and not (t.state == TrialState.FAIL and t.system_attrs.get(RETRIED)):
+            counts[t.params[key]] += 1
+    choice = min(choices, key=lambda c: counts[c])  # min keeps the first of equals
+    study.enqueue_trial({key: choice})
+    return choice
+
+
 def claim(heartbeat: Heartbeat, distributions: dict[str, Any]) -> optuna.Trial:
     """Ask the heartbeat's study for a trial (an enqueued retry first) and mark it as this
     worker's: its host:pid and a first beat."""
@@ -556,7 +573,7 @@ def summarize(study: optuna.Study, objectives: Sequence[str], out_dir: Path, imp
     else:
         result["best_trials"] = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
     rows = []
-    if importance and len(complete) >= 2:
+    if importance and len(complete) >= 2 and _has_sklearn():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, name in enumerate(objectives):
@@ -577,6 +594,20 @@ def summarize(study: optuna.Study, objectives: Sequence[str], out_dir: Path, imp
     result["files"].insert(0, out_dir / "optimization_results.yaml")
     result["files"] += _figures(study, objectives, out_dir, rows)
     return result
+
+
+def _has_sklearn() -> bool:
+    """fANOVA fits a random forest from scikit-learn (a dependency of rnnlab). Where it is
+    missing anyway, the summary still writes the best trial and the history, and says why the
+    importances are absent, instead of failing the sweep after every trial has run (Optuna's
+    evaluator raises ImportError)."""
+    try:
+        import sklearn.ensemble  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    print("rnnlab: warning: no fANOVA importances: scikit-learn is not installed (pip install scikit-learn)", file=sys.stderr)
+    return False
 
 
 def _figures(study: optuna.Study, objectives: Sequence[str], out_dir: Path, rows: list[tuple[str, str, float]]) -> list[Path]:

@@ -75,6 +75,7 @@ class OptunaSweeperConf:
     threads_per_trial: int = 0  # 0: this machine's cores / n_jobs (a Slurm job: its own cpus)
     gpus: int = 0  # local GPUs to give parallel trials one each (CUDA_VISIBLE_DEVICES); 0: untouched
     importance: bool = True  # fANOVA importances and figures at the end
+    balance: Optional[str] = None  # a choice(...) key of the space: its choices take turns (equal shares of n_trials)
 
 
 cs = ConfigStore.instance()
@@ -150,7 +151,8 @@ class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
                  n_trials: int, n_jobs: int, params: Optional[dict[str, Any]], max_failure_rate: float,
                  custom_search_space: Optional[str], objectives: list[str], heartbeat_interval: float,
-                 grace_period: float, threads_per_trial: int, gpus: int, importance: bool) -> None:
+                 grace_period: float, threads_per_trial: int, gpus: int, importance: bool,
+                 balance: Optional[str] = None) -> None:
         self.sampler_spec = _plain(sampler)
         self.pruner_spec = _plain(pruner)
         self.directions = [direction] if isinstance(direction, str) else list(direction)
@@ -163,6 +165,7 @@ class OptunaSweeper(Sweeper):
         self.objectives = list(objectives)
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.threads_per_trial, self.gpus, self.importance = threads_per_trial, gpus, importance
+        self.balance = balance
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -193,6 +196,10 @@ class OptunaSweeper(Sweeper):
             continuous = [k for k, d in space.items() if not hasattr(d, "choices") and d.step is None]
             if continuous:
                 fail(f"the grid sampler needs choice(...) or range(...), not interval(...), for {', '.join(continuous)}")
+        if self.balance is not None and not hasattr(space.get(self.balance), "choices"):
+            keys = [k for k, d in space.items() if hasattr(d, "choices")]
+            fail(f"hydra.sweeper.balance={self.balance!r} is not a choice(...) of the search space "
+                 f"(allowed: {', '.join(keys) if keys else 'none: the space has no choice(...)'})")
         self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
         cache: dict[str, Any] = {}  # the checks' data, loaded once per data section
         job_cfg = self._compose(fixed, space, None, cache)
@@ -330,7 +337,11 @@ class OptunaSweeper(Sweeper):
                     return  # n_trials results, nothing left in flight anywhere
                 time.sleep(min(self.heartbeat_interval, 2.0))  # others' trials: they may die and need a retry
                 continue
-            trials = [S.claim(heartbeat, space) for _ in range(size)]
+            trials = []
+            for _ in range(size):
+                if self.balance is not None and S.count(study).waiting == 0:  # a retry keeps its own params
+                    S.enqueue_balanced(study, self.balance, space[self.balance].choices)
+                trials.append(S.claim(heartbeat, space))
             self._run_batch(study, trials, common, heartbeat)
 
     def _run_batch(self, study: Any, trials: list[Any], common: list[str], heartbeat: Any) -> None:
