@@ -253,7 +253,10 @@ class _Fused(Cell):
 class RNN(_Fused):
     """Elman RNN: h_t = f(W_xh x_t + W_hh h_{t-1} + b_h), f = tanh or relu.
 
-    ``recurrent_init=identity`` with relu is the IRNN (Le et al. 2015): W_hh = I, b_h = 0."""
+    ``recurrent_init=identity`` with relu is the IRNN (Le et al. 2015): W_hh = I, b_h = 0.
+    ``recurrent_gain`` scales W_hh after its init: with orthogonal or identity the spectral
+    radius is the gain, and above 1 a tanh RNN's gradients can explode (Pascanu et al. 2013:
+    a largest singular value above 1 is necessary for it)."""
 
     def __init__(
         self,
@@ -261,14 +264,20 @@ class RNN(_Fused):
         hidden_size: int,
         nonlinearity: Literal["tanh", "relu"] = "tanh",
         recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
+        recurrent_gain: float = 1.0,
     ) -> None:
         _choice("nonlinearity", nonlinearity, ("tanh", "relu"))
         _choice("recurrent_init", recurrent_init, ("default", "orthogonal", "identity"))
+        if not (math.isfinite(recurrent_gain) and recurrent_gain > 0):
+            raise ValueError(f"cell.recurrent_gain={recurrent_gain!r} is out of range (allowed: a finite number > 0)")
         fused = nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True)
         super().__init__(fused, fold_bias=True, recurrent_init=recurrent_init)
         if recurrent_init == "identity":
             with torch.no_grad():
                 self.bias_ih.zero_()
+        if recurrent_gain != 1.0:
+            with torch.no_grad():
+                self.weight_hh.mul_(recurrent_gain)
         self.activation = torch.tanh if nonlinearity == "tanh" else torch.relu
 
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:

@@ -1017,3 +1017,16 @@ def test_a_windowed_transformer_scans_in_chunks_as_at_once_and_as_the_written_ou
 def test_a_transformer_window_below_one_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"^cell.window=0 is out of range \(allowed: >= 1\)$"):
         Transformer(3, 4, heads=2, window=0)
+
+
+def test_recurrent_gain_scales_w_hh_so_an_orthogonal_init_has_that_spectral_radius():
+    cell = RNN(3, 8, recurrent_init="orthogonal", recurrent_gain=3.0)
+    torch.testing.assert_close(torch.linalg.svdvals(cell.weight_hh.detach()), torch.full((8,), 3.0))
+    assert torch.equal(RNN(3, 8, recurrent_init="identity", recurrent_gain=0.5).weight_hh, 0.5 * torch.eye(8))
+    torch.manual_seed(0)
+    plain = RNN(3, 8).weight_hh.detach().clone()
+    torch.manual_seed(0)
+    assert torch.equal(RNN(3, 8, recurrent_gain=2.0).weight_hh, 2 * plain)  # the default init, scaled
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match=r"^cell\.recurrent_gain=.* is out of range \(allowed: a finite number > 0\)$"):
+            RNN(3, 8, recurrent_gain=bad)
