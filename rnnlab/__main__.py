@@ -52,6 +52,9 @@ def main() -> None:
     # Output folders are named by time to the microsecond *and* process id, so runs started
     # in the same instant never share a folder (Hydra's default names them by the second).
     OmegaConf.register_new_resolver("rnnlab_pid", os.getpid, replace=True)
+    from rnnlab.compose import register_resolvers
+
+    register_resolvers()  # ${root:...} and the like, also where preflight did not run (--cfg job --resolve)
     try:
         hydra.main(version_base="1.3", config_path="pkg://rnnlab.conf", config_name="config")(_hydra_job)()
     finally:

@@ -27,6 +27,25 @@ if TYPE_CHECKING:
 CONFIG_MODULE = "rnnlab.conf"
 
 
+def root(base: float, n: int) -> float:
+    """``${root:2,${data.length}}`` = 2^(1/T): a value that follows the task's length, as IndRNN's
+    bound on its recurrent weights does (conf/cell/indrnn_li2018.yaml); ``${root:0.5,T}`` = 2^(-1/T)."""
+    if not (isinstance(n, int) and n >= 1) or not float(base) > 0:
+        raise ConfigError(f"${{root:{base},{n}}}: the base must be > 0 and the root an integer >= 1")
+    return float(base) ** (1 / n)
+
+
+def register_resolvers() -> None:
+    """The interpolations rnnlab's configs may use, for any composition in this process
+    (jobs below, the CLI's Hydra app, tests composing through Hydra). Idempotent."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("root", root, replace=True)
+
+
+register_resolvers()  # at import: whoever composes imports this module first (the CLI, the sweeper, tests)
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The validated config one run of ``python -m rnnlab *overrides`` would get."""
     from rnnlab.config import validate
