@@ -9,7 +9,9 @@ from typing import TextIO
 class ProgressBar:
     """One line, redrawn in place on a terminal; one line per epoch elsewhere (logs, CI)."""
 
-    def __init__(self, epochs: int, quiet: bool = False, stream: TextIO = sys.stderr, width: int = 24) -> None:
+    def __init__(self, epochs: int, quiet: bool = False, stream: TextIO | None = None, width: int = 24) -> None:
+        # sys.stderr as it is now, not as it was at import: a caller (a notebook, pytest) may have replaced it since
+        stream = sys.stderr if stream is None else stream
         self.epochs, self.quiet, self.stream, self.width = epochs, quiet, stream, width
         self.tty = stream.isatty()
         self.started = time.perf_counter()
