@@ -80,7 +80,7 @@ def test_help_lists_groups_and_options_without_importing_torch(workdir):
         "print('heavy:', sorted(m for m in ('torch', 'mlflow', 'hydra', 'numba', 'optuna') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, check=True).stdout
-    assert "cell:     cifg, esn, gru, gru_classic, indrnn, lstm*, lstm_variant, peephole, rnn, transformer" in out and "train:    default*" in out
+    assert "cell:     cifg, esn, gru, gru_classic, indrnn, indrnn_li2018, lstm*, lstm_variant, peephole, rnn, transformer" in out and "train:    default*" in out
     assert "depth: 4" in out and "heavy: []" in out
 
 

@@ -17,7 +17,7 @@ ALLOWED_KEYS = ("cell, data, train, tracking, depth, hidden_size, dropout, bidir
         (["depth=0"], "depth=0 is out of range (allowed: >= 1)"),
         (["train.optimizer=adagrad"], "train.optimizer='adagrad' is not allowed (allowed: adam, sgd, rmsprop)"),
         (["foo=1"], f"unknown key 'foo' (allowed: {ALLOWED_KEYS})"),
-        (["cell=transformerz"], "cell=transformerz is not an option of group 'cell' (allowed: cifg, esn, gru, gru_classic, indrnn, lstm, lstm_variant, peephole, rnn, transformer)"),
+        (["cell=transformerz"], "cell=transformerz is not an option of group 'cell' (allowed: cifg, esn, gru, gru_classic, indrnn, indrnn_li2018, lstm, lstm_variant, peephole, rnn, transformer)"),
         (["cell.nonlinearity=relu"], "cell.nonlinearity is not an option of cell 'lstm' (its options: forget_bias, chrono, recurrent_init)"),
         (["cell=esn", "cell.spectral_radius=0"], "cell.spectral_radius=0.0 is out of range (allowed: > 0 (< 1 for the echo-state property))"),
         (["-m", "depth=1,0"], "depth=0 is out of range (allowed: >= 1)"),

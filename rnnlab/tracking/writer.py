@@ -238,7 +238,7 @@ def _deliver_until_finish(sender: Sender, work: Any, parent: int, batch_seconds:
     """Send what arrives every ``batch_seconds`` (and all of it at the finish), then end the run.
     A log_batch call costs more than the metrics in it: a probe every 10 steps would otherwise
     be ~300 calls in a default run. ``waiting``: what arrived before the run was open."""
-    last_send = 0.0  # what waited for the open goes at once
+    last_send = 0.0 if waiting else time.monotonic()  # what waited out an unreachable store goes at once
     while True:
         if not _finishes(waiting):  # (the finish may have come while the run was opening)
             waiting += _arrivals(work, parent)
