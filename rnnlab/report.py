@@ -227,6 +227,25 @@ def curves(group: Group, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return steps, np.array([i.mean for i in stats]), np.array([i.half_width for i in stats])
 
 
+def sensitivity(group: Group, param: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """A group's final ``metric`` against the numeric ``param``: its values in increasing order,
+    the mean over the group's runs at each, the 95% t half-width, and (runs with a finite value,
+    runs) at each, since a run that diverged has no final metric and is not in the mean."""
+    by_value: dict[float, list[float]] = {}
+    for run in group.runs:
+        text = run["params"].get(param)
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise ReportError(f"--against {param}: run {run['name']!r} has {param}={text!r} "
+                              "(allowed: a numeric param every run has)") from None
+        by_value.setdefault(value, []).append(run["metrics"].get(metric, math.nan))
+    x = np.array(sorted(by_value), dtype=np.float64)
+    stats = [Interval.of(by_value[v]) for v in x]
+    counted = [(i.n, len(by_value[v])) for i, v in zip(stats, x)]
+    return x, np.array([i.mean for i in stats]), np.array([i.half_width for i in stats]), counted
+
+
 def baseline(runs: list[dict[str, Any]]) -> float | None:
     """The trivial predictor's loss the runs logged (baseline_loss), averaged; None if none."""
     values = [r["metrics"]["baseline_loss"] for r in runs if "baseline_loss" in r["metrics"]]
@@ -242,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", action="append", default=[], help="metric<value or metric>value: success rate and steps to it")
     parser.add_argument("--curve", action="append", help="a per-epoch metric to draw against steps (repeatable; default: val_loss)")
     parser.add_argument("--ignore", action="append", default=[], help="a param that is a repeat, like the seed (repeatable)")
+    parser.add_argument("--against", default=None, help="a numeric param (e.g. train.lr): each --metric against it, one line per other group")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and the figures (default: outputs/report/<experiment>)")
     args = parser.parse_args(argv)
     metrics = args.metric or ["test_loss", "best_val_loss"]
@@ -274,6 +294,20 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(plot_learning_curves(
             {label: c for label, c in lines.items() if len(c[0])}, out / f"curves_{metric}.png",
             f"{args.experiment}: {metric}, mean over seeds (band: 95% t interval)", metric, baseline(runs)))
+    if args.against:  # each final metric against a numeric setting: one line per group of the other params
+        from rnnlab.figures import plot_sensitivity
+
+        _, others = group_runs(runs, set(args.ignore) | {args.against})
+        try:
+            for metric in metrics:
+                lines = {g.label: sensitivity(g, args.against, metric) for g in others}
+                figures.append(plot_sensitivity(
+                    lines, out / f"against_{args.against}_{metric}.png",
+                    f"{args.experiment}: {metric} against {args.against}, mean over seeds (bars: 95% t interval)",
+                    args.against, metric, baseline(runs) if metric.endswith("loss") else None))
+        except ReportError as e:
+            print(f"rnnlab.report: error: {e}", file=sys.stderr)
+            return 2
     where = f"filter `{args.filter}`, " if args.filter else ""
     text = "\n".join([
         f"# {args.experiment}: {len(runs)} runs in {len(groups)} groups",
