@@ -225,3 +225,40 @@ def plot_variants_and_importances(groups: dict[str, Any], baseline: str, signifi
     right.grid(alpha=0.3, axis="x")
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_sensitivity(
+    lines: dict[str, tuple[Any, Any, Any, Any]], path: Path, title: str, xlabel: str, ylabel: str,
+    baseline: float | None = None,
+) -> Path:
+    """A final metric against a numeric setting: one line per group (label -> (x, mean,
+    half-width, runs counted / runs) at each x), the 95% t interval as error bars where it is
+    defined, the runs that counted written beside a point where some did not (a diverged run
+    has no final metric), and the trivial baseline dashed. The x axis is logarithmic when the
+    values are positive and span more than 10x (learning rates), the y axis when the means are
+    positive and span more than 10x."""
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    xs = np.concatenate([np.asarray(x, dtype=float) for x, *_ in lines.values()] or [np.array([])])
+    means = np.concatenate([np.asarray(m, dtype=float) for _, m, *_ in lines.values()] or [np.array([])])
+    means = means[np.isfinite(means)]
+    for (label, (x, mean, half, counted)), color in zip(lines.items(), _colors(len(lines))):
+        x, mean, half = (np.asarray(a, dtype=float) for a in (x, mean, half))
+        ax.errorbar(x, mean, yerr=np.where(np.isfinite(half), half, 0.0), color=color, marker="o", ms=4,
+                    lw=1.4, capsize=3, label=label)
+        for xi, mi, (k, n) in zip(x, mean, counted):
+            if k < n and np.isfinite(mi):
+                ax.annotate(f"{k}/{n}", (xi, mi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", ls="--", lw=1.0, label=f"trivial baseline {baseline:.4g}")
+    if xs.size and np.all(xs > 0) and xs.max() > 10 * xs.min():
+        ax.set_xscale("log")
+    if means.size and np.all(means > 0) and means.max() > 10 * means.min():
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path

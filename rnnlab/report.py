@@ -284,6 +284,25 @@ def probe_log(path: Path, step: int, layer: int = 0) -> np.ndarray | None:
         return saved["log_dh"][hit[0], layer, 0]
 
 
+def sensitivity(group: Group, param: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """A group's final ``metric`` against the numeric ``param``: its values in increasing order,
+    the mean over the group's runs at each, the 95% t half-width, and (runs with a finite value,
+    runs) at each, since a run that diverged has no final metric and is not in the mean."""
+    by_value: dict[float, list[float]] = {}
+    for run in group.runs:
+        text = run["params"].get(param)
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise ReportError(f"--against {param}: run {run['name']!r} has {param}={text!r} "
+                              "(allowed: a numeric param every run has)") from None
+        by_value.setdefault(value, []).append(run["metrics"].get(metric, math.nan))
+    x = np.array(sorted(by_value), dtype=np.float64)
+    stats = [Interval.of(by_value[v]) for v in x]
+    counted = [(i.n, len(by_value[v])) for i, v in zip(stats, x)]
+    return x, np.array([i.mean for i in stats]), np.array([i.half_width for i in stats]), counted
+
+
 def baseline(runs: list[dict[str, Any]]) -> float | None:
     """The trivial predictor's loss the runs logged (baseline_loss), averaged; None if none."""
     values = [r["metrics"]["baseline_loss"] for r in runs if "baseline_loss" in r["metrics"]]
@@ -302,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decay", action="append", type=int, default=[], help="a probed optimiser step: draw each "
                         "group's log10 ||dL/dh_t|| of layer 0 at it against the distance from the loss (repeatable)")
     parser.add_argument("--ignore", action="append", default=[], help="a param that is a repeat, like the seed (repeatable)")
+    parser.add_argument("--against", default=None, help="a numeric param (e.g. train.lr): each --metric against it, one line per other group")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and the figures (default: outputs/report/<experiment>)")
     args = parser.parse_args(argv)
     metrics = args.metric or ["test_loss", "best_val_loss"]
@@ -336,6 +356,20 @@ def main(argv: list[str] | None = None) -> int:
             {label: c for label, c in lines.items() if len(c[0])}, out / f"curves_{metric.replace('/', '_')}.png",
             f"{args.experiment}: {metric}, mean over seeds (band: 95% t interval)", metric, baseline(runs)))
     figures += _decay_figures(args.uri, args.experiment, groups, args.decay, out)
+    if args.against:  # each final metric against a numeric setting: one line per group of the other params
+        from rnnlab.figures import plot_sensitivity
+
+        _, others = group_runs(runs, set(args.ignore) | {args.against})
+        try:
+            for metric in metrics:
+                lines = {g.label: sensitivity(g, args.against, metric) for g in others}
+                figures.append(plot_sensitivity(
+                    lines, out / f"against_{args.against}_{metric}.png",
+                    f"{args.experiment}: {metric} against {args.against}, mean over seeds (bars: 95% t interval)",
+                    args.against, metric, baseline(runs) if metric.endswith("loss") else None))
+        except ReportError as e:
+            print(f"rnnlab.report: error: {e}", file=sys.stderr)
+            return 2
     where = f"filter `{args.filter}`, " if args.filter else ""
     text = "\n".join([
         f"# {args.experiment}: {len(runs)} runs in {len(groups)} groups",
@@ -364,7 +398,9 @@ def _decay_figures(uri: str, experiment: str, groups: list[Group], steps: list[i
     from rnnlab.figures import plot_decay
     from rnnlab.tracking.queries import run_file
 
-    figures = []
+    figures: list[Path] = []
+    if not steps:
+        return figures
     with tempfile.TemporaryDirectory() as scratch:
         files = {r["run_id"]: run_file(uri, r, "gradients.npz", Path(scratch) / r["run_id"]) for g in groups for r in g.runs}
         for step in steps:

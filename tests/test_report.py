@@ -166,3 +166,43 @@ def test_a_filter_selects_and_a_bad_threshold_or_experiment_is_one_line(store, t
     assert err == "rnnlab.report: error: --threshold 'val_loss=0.3' is not allowed (allowed: metric<value or metric>value, e.g. test_loss<0.01)"
     assert report.main(["--uri", store, "--experiment", "nope", "--out", str(tmp_path)]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
+
+
+def test_against_draws_each_groups_final_metric_over_a_numeric_param_with_t_intervals(tmp_path, capsys):
+    # cell, lr, seed, final test_loss (None: the run diverged and ended FAILED without one)
+    fake = [("irnn", 1e-4, 0, 0.10), ("irnn", 1e-4, 1, 0.14), ("irnn", 1e-2, 0, 0.01), ("irnn", 1e-2, 1, None),
+            ("irnn", 1e-2, 2, 0.03), ("rnn", 1e-4, 0, 0.17), ("rnn", 1e-4, 1, 0.16), ("rnn", 1e-2, 0, 0.2)]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("lrs", artifact_location=(tmp_path / "artifacts").as_uri())
+    for cell, lr, seed, test_loss in fake:
+        run_id = client.create_run(experiment, run_name=f"{cell}-{lr}-{seed}").info.run_id
+        for key, value in {"cell.name": cell, "train.lr": lr, "seed": seed}.items():
+            client.log_param(run_id, key, str(value))
+        if test_loss is not None:
+            client.log_metric(run_id, "test_loss", test_loss, step=10)
+            client.log_metric(run_id, "baseline_loss", 0.167, step=10)
+        client.set_terminated(run_id, status="FINISHED" if test_loss is not None else "FAILED")
+    from rnnlab.tracking.queries import study_runs
+
+    _, groups = report.group_runs(study_runs(uri, "lrs", "", []), {"train.lr"})
+    assert [g.label for g in groups] == ["cell.name=irnn", "cell.name=rnn"]  # the lr is the x axis, not a group
+    x, mean, half, counted = report.sensitivity(groups[0], "train.lr", "test_loss")
+    np.testing.assert_array_equal(x, [1e-4, 1e-2])
+    # By hand: lr 1e-4: 0.10, 0.14 -> mean 0.12, s = 0.02 sqrt(2), half-width t(0.975, 1) s / sqrt(2) = 12.706205 * 0.02;
+    # lr 1e-2: the failed run has no test_loss, 0.01 and 0.03 -> mean 0.02, the same s: 12.706205 * 0.01.
+    np.testing.assert_allclose(mean, [0.12, 0.02], rtol=1e-12)
+    np.testing.assert_allclose(half, [12.706205 * 0.02, 12.706205 * 0.01], rtol=1e-9)
+    assert counted == [(2, 2), (2, 3)]
+    x, mean, half, counted = report.sensitivity(groups[1], "train.lr", "test_loss")
+    np.testing.assert_allclose(mean, [0.165, 0.2], rtol=1e-12)
+    assert np.isfinite(half[0]) and np.isnan(half[1]) and counted == [(2, 2), (1, 1)]
+
+    out = tmp_path / "out"
+    assert report.main(["--uri", uri, "--experiment", "lrs", "--against", "train.lr", "--metric", "test_loss",
+                        "--out", str(out)]) == 0
+    assert (out / "against_train.lr_test_loss.png").stat().st_size > 0
+    assert "![against_train.lr_test_loss](against_train.lr_test_loss.png)" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert report.main(["--uri", uri, "--experiment", "lrs", "--against", "cell.name", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().startswith("rnnlab.report: error: --against cell.name: run ")

@@ -88,6 +88,7 @@ def run_file(uri: str, run: dict[str, Any], name: str, into: Path) -> Path | Non
         return local
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per run in the report's output
     try:
         return Path(MlflowClient(uri).download_artifacts(run["run_id"], name, str(into)))
     except Exception:  # not logged (tracking of artifacts failed, or an older run)
