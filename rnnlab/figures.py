@@ -183,13 +183,7 @@ def plot_learning_curves(
         ax.set_yscale("log")
     if shown.size:
         ax.set_ylim(*limits)
-    ax.set_xlabel("optimiser steps")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
+    return _labelled_and_saved(fig, ax, path, "optimiser steps", ylabel, title)
 
 
 def plot_variants_and_importances(groups: dict[str, Any], baseline: str, significant: dict[str, bool],
@@ -255,9 +249,12 @@ def plot_sensitivity(
         ax.set_xscale("log")
     if means.size and np.all(means > 0) and means.max() > 10 * means.min():
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    return _labelled_and_saved(fig, ax, path, xlabel, ylabel, title)
+
+
+def _labelled_and_saved(fig: Figure, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """The labels, grid and legend every over-seeds figure has, and the file."""
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
