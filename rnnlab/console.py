@@ -83,3 +83,11 @@ def help_text() -> str:
         footer,
     ])
 
+
+def size_text(n: float) -> str:
+    """A byte count in its unit, for messages: 633 bytes, 4.1 KB, 20.6 GB."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"

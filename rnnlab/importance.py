@@ -97,13 +97,12 @@ def adjust(pvalues: Any, method: str = "holm") -> np.ndarray:
 
 
 def interval(values: Any) -> tuple[float, float]:
-    """Mean and half-width of its 95% Student t interval (NaN for fewer than 2 values)."""
-    from scipy.stats import t as student
+    """Mean and half-width of its 95% Student t interval (NaN for fewer than 2 values): the
+    report's (rnnlab.report.Interval), so both commands print the same interval."""
+    from rnnlab.report import Interval
 
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()) if len(x) else math.nan, math.nan
-    return float(x.mean()), float(student.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    got = Interval.of(values)
+    return got.mean, got.half_width
 
 
 @dataclass

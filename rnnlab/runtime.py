@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from rnnlab.config import ConfigError
+from rnnlab.console import size_text
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -129,14 +130,7 @@ def check_memory(
         window = f" x {steps} steps" if steps else ""
         raise ConfigError(
             f"hidden_size={hidden_size}, depth={depth}, train.batch_size={batch}: a training step needs at least "
-            f"{_bytes(need)} ({n_params:,} parameters with their gradients, the hidden states of {batch}{window}) "
-            f"but {_bytes(available)} is available on {device} (allowed: a model and batch that fit)"
+            f"{size_text(need)} ({n_params:,} parameters with their gradients, the hidden states of {batch}{window}) "
+            f"but {size_text(available)} is available on {device} (allowed: a model and batch that fit)"
         )
 
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    raise AssertionError("unreachable")

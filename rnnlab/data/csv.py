@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from rnnlab.console import size_text
 from rnnlab.data.series import DataError, Series
 
 # Cells that mean "no value" (ffill fills them, with infinities); other text is always an error.
@@ -85,7 +86,7 @@ def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int
     if size == 0:
         raise DataError(f"{name}: the file is empty")
     if size > max_mb * 2**20:
-        raise DataError(f"{name}: the file is {_size(size)}, larger than data.max_mb={max_mb:g} ({_size(max_mb * 2**20)})")
+        raise DataError(f"{name}: the file is {size_text(size)}, larger than data.max_mb={max_mb:g} ({size_text(max_mb * 2**20)})")
     if file.suffix.lower() in (".parquet", ".pq"):
         try:
             table = pd.read_parquet(file)
@@ -112,10 +113,6 @@ def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int
     if len(table) == 0:
         raise DataError(f"{name}: a header but no rows")
     return table, lambda row: file.name if row is None else f"{file.name} {unit} {row + first}"
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB" if n >= 2**10 else f"{n:.0f} bytes"
 
 
 def table_to_series(

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rnnlab.tracking.store import TrackingError, local_store_dir, one_line, quiet_mlflow
+from rnnlab.tracking.store import TrackingError, local_store_dir, local_store_file, one_line, quiet_mlflow
 
 
 def find_run(client: Any, run_key: str) -> str | None:
@@ -23,7 +23,7 @@ def run_key_of(uri: str, run_id: str) -> str | None:
     """The trainer's key of an MLflow run (to find its checkpoint), or None. Never creates a
     store: asking about a run in a store that does not exist yet answers None."""
     store = local_store_dir(uri)
-    if store is not None and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if store is not None and not local_store_file(uri).is_file():
         return None
     quiet_mlflow()
     from mlflow.tracking import MlflowClient
@@ -63,7 +63,8 @@ def study_runs(uri: str, experiment: str, filter_string: str, histories: list[st
     in ``histories`` as a list of (step, value), in step order, for ``python -m rnnlab.report``."""
     from mlflow.tracking import MlflowClient
 
-    if local_store_dir(uri) is not None and not Path(uri.removeprefix("sqlite:///")).is_file():
+    file = local_store_file(uri)
+    if file is not None and not file.is_file():
         raise TrackingError(f"no MLflow store at {uri}")  # never create one by asking
     quiet_mlflow()
     client = MlflowClient(uri)

@@ -41,11 +41,15 @@ def check_params(params: dict[str, Any]) -> None:
             )
 
 
+def local_store_file(uri: str) -> Path | None:
+    """The file of a local SQLite store (``sqlite:///outputs/mlflow.db`` -> outputs/mlflow.db), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def local_store_dir(uri: str) -> Path | None:
     """The folder of a local SQLite store (``sqlite:///outputs/mlflow.db`` -> outputs), else None."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent
-    return None
+    file = local_store_file(uri)
+    return file.parent if file is not None else None
 
 
 # The stores an rnnlab run can write to: MLflow's SQL stores and its tracking server. (A
@@ -68,7 +72,7 @@ def check_reachable(uri: str, create: bool = False) -> None:
         existing = next(p for p in [store.absolute(), *store.absolute().parents] if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             raise TrackingError(f"tracking.uri={uri!r}: cannot create {str(store)!r} ({str(existing)!r} is not a writable folder)")
-        db = Path(uri.removeprefix("sqlite:///"))
+        db = local_store_file(uri)
         if db.exists() and (not db.is_file() or not os.access(db, os.W_OK)):
             raise TrackingError(f"tracking.uri={uri!r}: {str(db)!r} is not a writable file")
         if create:

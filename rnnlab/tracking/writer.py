@@ -56,7 +56,7 @@ from typing import Any
 
 from rnnlab.tracking.queries import find_run
 from rnnlab.tracking.recovery import write_spool
-from rnnlab.tracking.store import Work, batched, local_store_dir, one_line, opening, quiet_mlflow, send, unreachable
+from rnnlab.tracking.store import Work, batched, local_store_dir, local_store_file, one_line, opening, quiet_mlflow, send, unreachable
 
 BATCH_SECONDS = 5.0  # the writer sends what arrived this often (and everything at the end)
 WRITER_NICENESS = 10  # the writer's work is never urgent until the end, when the trainer is idle
@@ -258,7 +258,8 @@ def _connect_if_it_exists(uri: str) -> Any:
     """An MlflowClient for a SQLite store that already exists, else None. Connecting checks the
     schema (~0.7 s of CPU) and writes nothing to a store that has its tables; a missing file it
     would create, and another database it might migrate, so those wait for the run's go-ahead."""
-    if local_store_dir(uri) is None or not Path(uri.removeprefix("sqlite:///")).is_file():
+    file = local_store_file(uri)
+    if file is None or not file.is_file():
         return None
     from mlflow.tracking import MlflowClient
 
