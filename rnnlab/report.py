@@ -137,11 +137,20 @@ class Group:
 
 def group_runs(runs: list[dict[str, Any]], ignore: set[str] = frozenset()) -> tuple[list[str], list[Group]]:
     """The params that differ among ``runs`` (not ``NOT_SETTINGS``, ``ignore``), and the runs
-    grouped by their values of those, in label order. A param that splits nothing the others
-    do not (cell.chrono, which only the LSTM runs have, beside cell.name) stays out of the
-    labels; params some runs lack go first, and one every run has is kept beside one some lack
-    (a GRU among LSTMs of two forget biases reads cell.name=gru, not cell.forget_bias=-)."""
-    skip = NOT_SETTINGS | set(ignore)
+    grouped by their values of those, in label order."""
+    keys = label_keys(runs, NOT_SETTINGS | set(ignore))
+    groups: dict[str, Group] = {}
+    for run in runs:
+        label = ", ".join(f"{k}={run['params'].get(k, '-')}" for k in keys) or "all runs"
+        groups.setdefault(label, Group(label)).runs.append(run)
+    return keys, [groups[label] for label in sorted(groups)]
+
+
+def label_keys(runs: list[dict[str, Any]], skip: set[str]) -> list[str]:
+    """The params whose values split ``runs``, fewest first. A param that splits nothing the
+    others do not (cell.chrono, which only the LSTM runs have, beside cell.name) stays out of
+    the labels; params some runs lack go first, and one every run has is kept beside one some
+    lack (a GRU among LSTMs of two forget biases reads cell.name=gru, not cell.forget_bias=-)."""
     keys = sorted({k for r in runs for k in r["params"]} - skip)
     keys = [k for k in keys if not k.startswith(NOT_SETTING_PREFIXES)
             and len({r["params"].get(k) for r in runs}) > 1]
@@ -156,11 +165,7 @@ def group_runs(runs: list[dict[str, Any]], ignore: set[str] = frozenset()) -> tu
             continue  # cell.name stays beside cell.forget_bias, which the GRU lacks: no "forget_bias=-" label alone
         if rest and parts(rest) == parts(keys):  # the same groups without it
             keys = rest
-    groups: dict[str, Group] = {}
-    for run in runs:
-        label = ", ".join(f"{k}={run['params'].get(k, '-')}" for k in keys) or "all runs"
-        groups.setdefault(label, Group(label)).runs.append(run)
-    return keys, [groups[label] for label in sorted(groups)]
+    return keys
 
 
 def optimiser_steps(run: dict[str, Any]) -> dict[int, float]:
@@ -309,7 +314,7 @@ def baseline(runs: list[dict[str, Any]]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rnnlab.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"))
     parser.add_argument("--experiment", default="rnnlab", help="the MLflow experiment (a study's: its name)")
@@ -323,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ignore", action="append", default=[], help="a param that is a repeat, like the seed (repeatable)")
     parser.add_argument("--against", default=None, help="a numeric param (e.g. train.lr): each --metric against it, one line per other group")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and the figures (default: outputs/report/<experiment>)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     metrics = args.metric or ["test_loss", "best_val_loss"]
     curve_metrics = args.curve or ["val_loss"]
     out = args.out or Path("outputs") / "report" / args.experiment
@@ -336,40 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         at_steps = [name for name, at in map(parse_metric, metrics) if at is not None]
         wanted = sorted({*curve_metrics, *(t.metric for t in thresholds), *at_steps, "optimizer_steps"})
         runs = study_runs(args.uri, args.experiment, args.filter, wanted)
+        if not runs:
+            raise ReportError(f"no run matches (experiment {args.experiment!r}, filter {args.filter!r})")
+        keys, groups = group_runs(runs, set(args.ignore))
+        rows = summarise(groups, metrics, thresholds)
+        table = markdown(rows, metrics, thresholds)
+        out.mkdir(parents=True, exist_ok=True)
+        figures = _figures(args, runs, groups, metrics, curve_metrics, out)
     except (ReportError, TrackingError) as e:
         print(f"rnnlab.report: error: {e}", file=sys.stderr)
         return 2
-    if not runs:
-        print(f"rnnlab.report: error: no run matches (experiment {args.experiment!r}, filter {args.filter!r})", file=sys.stderr)
-        return 2
-    keys, groups = group_runs(runs, set(args.ignore))
-    rows = summarise(groups, metrics, thresholds)
-    table = markdown(rows, metrics, thresholds)
-
-    from rnnlab.figures import plot_learning_curves
-
-    out.mkdir(parents=True, exist_ok=True)
-    figures = []
-    for metric in curve_metrics:
-        lines = {g.label: curves(g, metric) for g in groups}
-        figures.append(plot_learning_curves(
-            {label: c for label, c in lines.items() if len(c[0])}, out / f"curves_{metric.replace('/', '_')}.png",
-            f"{args.experiment}: {metric}, mean over seeds (band: 95% t interval)", metric, baseline(runs)))
-    figures += _decay_figures(args.uri, args.experiment, groups, args.decay, out)
-    if args.against:  # each final metric against a numeric setting: one line per group of the other params
-        from rnnlab.figures import plot_sensitivity
-
-        _, others = group_runs(runs, set(args.ignore) | {args.against})
-        try:
-            for metric in metrics:
-                lines = {g.label: sensitivity(g, args.against, metric) for g in others}
-                figures.append(plot_sensitivity(
-                    lines, out / f"against_{args.against}_{metric}.png",
-                    f"{args.experiment}: {metric} against {args.against}, mean over seeds (bars: 95% t interval)",
-                    args.against, metric, baseline(runs) if metric.endswith("loss") else None))
-        except ReportError as e:
-            print(f"rnnlab.report: error: {e}", file=sys.stderr)
-            return 2
     where = f"filter `{args.filter}`, " if args.filter else ""
     text = "\n".join([
         f"# {args.experiment}: {len(runs)} runs in {len(groups)} groups",
@@ -388,6 +373,30 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"report: {out / 'report.md'}; figures: {', '.join(str(f) for f in figures)}")
     return 0
+
+
+def _figures(args: argparse.Namespace, runs: list[dict[str, Any]], groups: list[Group], metrics: list[str],
+             curve_metrics: list[str], out: Path) -> list[Path]:
+    """The learning curves, the decay curves and (with --against) each metric against a setting."""
+    from rnnlab.figures import plot_learning_curves, plot_sensitivity
+
+    figures = []
+    for metric in curve_metrics:
+        lines = {g.label: curves(g, metric) for g in groups}
+        figures.append(plot_learning_curves(
+            {label: c for label, c in lines.items() if len(c[0])}, out / f"curves_{metric.replace('/', '_')}.png",
+            f"{args.experiment}: {metric}, mean over seeds (band: 95% t interval)", metric, baseline(runs)))
+    figures += _decay_figures(args.uri, args.experiment, groups, args.decay, out)
+    if not args.against:
+        return figures
+    _, others = group_runs(runs, set(args.ignore) | {args.against})  # one line per group of the other params
+    for metric in metrics:
+        lines = {g.label: sensitivity(g, args.against, metric) for g in others}
+        figures.append(plot_sensitivity(
+            lines, out / f"against_{args.against}_{metric}.png",
+            f"{args.experiment}: {metric} against {args.against}, mean over seeds (bars: 95% t interval)",
+            args.against, metric, baseline(runs) if metric.endswith("loss") else None))
+    return figures
 
 
 def _decay_figures(uri: str, experiment: str, groups: list[Group], steps: list[int], out: Path) -> list[Path]:

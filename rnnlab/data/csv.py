@@ -122,9 +122,27 @@ def table_to_series(
     """Check and convert a table of text cells. ``where`` takes the row's index label."""
     import pandas as pd
 
-    columns = list(table.columns)
+    features = _inputs(list(table.columns), where(None), time_column, target, features, id_column)
+    # A panel: rows grouped by series (in order of first appearance), file order kept within.
+    codes, ids = pd.factorize(table[id_column]) if id_column else (np.zeros(len(table), np.int64), ["all"])
+    table = table.iloc[np.argsort(codes, kind="stable")]
+    lengths = np.bincount(codes, minlength=len(ids)).astype(np.int64)
+    first = np.zeros(len(table), bool)
+    first[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True  # each series' first row
+
+    values = np.empty((len(table), len(features)), dtype=np.float32)
+    for j, column in enumerate(features):
+        values[:, j] = _numbers(table, column, where, missing, first)
+    time = _times(table, where, time_column, time_format, first, per_series=id_column is not None)
+    panel = id_column is not None
+    return Series(values=values, columns=features, target=0, time=time,
+                  lengths=lengths if panel else None, ids=[str(i) for i in ids] if panel else None)
+
+
+def _inputs(columns: list[str], file: str, time_column: str, target: str, features: list[str] | None,
+            id_column: str | None) -> list[str]:
+    """The input columns, the target first; every named column must exist."""
     listed = ", ".join(map(str, columns))
-    file = where(None)
     for key, column in [("data.time_column", time_column), ("data.target", target), ("data.id_column", id_column)]:
         if column is not None and column not in columns:
             raise DataError(f"{key}={column!r} is not a column of {file} (columns: {listed})")
@@ -133,29 +151,23 @@ def table_to_series(
     for column in features:
         if column not in columns:
             raise DataError(f"data.features: {column!r} is not a column of {file} (columns: {listed})")
-    features = [target] + [c for c in features if c != target]  # the target is always an input
+    return [target] + [c for c in features if c != target]  # the target is always an input
 
-    # A panel: rows grouped by series (in order of first appearance), file order kept within.
-    codes, ids = pd.factorize(table[id_column]) if id_column else (np.zeros(len(table), np.int64), ["all"])
-    order = np.argsort(codes, kind="stable")
-    table = table.iloc[order]
-    lengths = np.bincount(codes, minlength=len(ids)).astype(np.int64)
-    first = np.zeros(len(table), bool)
-    first[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True  # each series' first row
 
-    values = np.empty((len(table), len(features)), dtype=np.float32)
-    for j, column in enumerate(features):
-        values[:, j] = _numbers(table, column, where, missing, first)
+def _times(table, where: Callable[[int | None], str], column: str, time_format: str, first: np.ndarray,
+           per_series: bool) -> np.ndarray:
+    """The time column as datetime64, strictly increasing (within each series of a panel)."""
+    import pandas as pd
 
-    text = table[time_column]
+    text = table[column]
     try:
         time = pd.to_datetime(text, errors="coerce", format=time_format)
     except ValueError as e:  # pandas refuses a column of mixed UTC offsets outright
-        raise DataError(_mixed_offsets(text, where, time_column) or f"{file}, column {time_column!r}: "
+        raise DataError(_mixed_offsets(text, where, column) or f"{where(None)}, column {column!r}: "
                         f"{' '.join(str(e).split())}") from None
     if time.isna().any():
         row = int(np.argmax(time.isna().to_numpy()))
-        raise DataError(f"{where(table.index[row])}, column {time_column!r}: {text.iloc[row]!r} is not a date/time ({time_format} expected)")
+        raise DataError(f"{where(table.index[row])}, column {column!r}: {text.iloc[row]!r} is not a date/time ({time_format} expected)")
     time = time.to_numpy()
     step = np.diff(time)
     bad = (step <= np.timedelta64(0)) & ~first[1:]  # across a series boundary time may restart
@@ -163,12 +175,10 @@ def table_to_series(
         row = int(np.argmax(bad)) + 1
         what = "duplicate" if step[row - 1] == np.timedelta64(0) else "out of order"
         raise DataError(
-            f"{where(table.index[row])}, column {time_column!r}: time stamp {text.iloc[row]!r} is {what} "
-            "(rows must be strictly increasing in time" + (" within each series)" if id_column else ")")
+            f"{where(table.index[row])}, column {column!r}: time stamp {text.iloc[row]!r} is {what} "
+            "(rows must be strictly increasing in time" + (" within each series)" if per_series else ")")
         )
-    panel = id_column is not None
-    return Series(values=values, columns=features, target=0, time=time,
-                  lengths=lengths if panel else None, ids=[str(i) for i in ids] if panel else None)
+    return time
 
 
 def _mixed_offsets(text, where: Callable[[int | None], str], column: str) -> str | None:
