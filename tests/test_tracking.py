@@ -1,14 +1,15 @@
 """The MLflow edge: a run with params, batched metrics and artifacts; failures never kill training."""
 from __future__ import annotations
 
-import pytest
-from mlflow.tracking import MlflowClient
-
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
 
 from rnnlab.tracking import NullTracker, Tracker, TrackingError, check_params
 from rnnlab.tracking.recovery import SPOOL
@@ -328,10 +329,29 @@ def test_an_early_writer_let_go_unopened_ends_at_once_and_creates_no_store(tmp_p
     assert not (tmp_path / "mlflow.db").exists()  # a rejected run writes nothing
 
 
+def wait_until_idle(pid: int, timeout: float = 120.0) -> None:
+    """Block until the process has used no CPU for 0.5 s (Linux: /proc/<pid>/stat)."""
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    deadline, last = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        now = cpu_ticks()
+        if now == last and now > 0:
+            return
+        last = now
+        time.sleep(0.5)
+    raise AssertionError(f"process {pid} still busy after {timeout} s")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads a process's CPU time from /proc (Linux)")
 def test_an_early_writer_connects_to_an_existing_store_and_the_run_goes_there(mlflow_store):
     uri = mlflow_store  # the store exists, as outputs/mlflow.db after a first run
     writer = Writer(uri)
-    time.sleep(4)  # the job's own start-up, which the writer's import and connection overlap
+    # The job's own start-up, which the writer's import and connection overlap: wait until the
+    # writer sits idle, waiting to be told its run (a fixed sleep was too short on a loaded host).
+    wait_until_idle(writer.process.pid)
     tracker = Tracker(uri, "exp", "r", tags={}, writer=writer)
     tracker.log_metrics({"loss": 0.25}, 3)
     tracker.finish()
