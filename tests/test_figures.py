@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rnnlab.figures import plot_decay, plot_gradient_heatmaps, plot_lyapunov, plot_predictions, plot_sweep
 
@@ -53,6 +54,7 @@ def test_each_figure_is_a_png_file(tmp_path):
         assert path.read_bytes()[:8] == PNG, path
 
 
+@pytest.mark.slow
 def test_drawing_keeps_the_users_backend_and_never_imports_pyplot(tmp_path):
     # A fresh interpreter: this pytest process may have imported pyplot already. The backend is
     # one a notebook might have chosen ("svg" stands in for it), set without importing pyplot;

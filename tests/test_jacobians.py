@@ -157,6 +157,7 @@ def test_the_window_product_over_a_thousand_steps_neither_under_nor_overflows(a,
     assert abs(norms.log10_product[0, 0] - 1000 * math.log10(a)) < tolerance  # float32: measured 1.2e-5 decades
 
 
+@pytest.mark.slow
 def test_float32_at_the_default_probe_size_stays_within_float32s_reach_of_float64():
     # The probe's setting: a 4 x 64 LSTM (n = 128) over 48 steps.
     torch.manual_seed(4)
@@ -189,7 +190,7 @@ def test_a_linear_cells_lyapunov_exponents_are_ln_a(orthogonal):
 def test_a_linear_map_with_a_known_spectrum_has_lyapunov_exponents_ln_abs_d(normal):
     d = [0.9, -0.7, 0.5, 0.3, 0.2, 0.1]
     model = StackedRNN(LinearCell, 2, 6, spectrum=d, normal=normal)
-    exponents = jacobians.lyapunov_exponents(model, torch.randn(1, 2000, 2), k=4, warmup=200)[0]
+    exponents = jacobians.lyapunov_exponents(model, torch.randn(1, 600, 2), k=4, warmup=200)[0]
     want = np.log(np.abs(d[:4]))
     # The issue asks for 2%. A constant map is exact: the QR steps are orthogonal iteration,
     # whose R converges to |d| on its diagonal within the warmup (|0.7/0.9|^200 = 1e-22).
@@ -225,6 +226,7 @@ class Lorenz(Cell):
         return s, (s,)
 
 
+@pytest.mark.slow
 def test_lorenz_63s_lyapunov_exponents_are_the_known_ones():
     dt = 0.05
     series = torch.from_numpy(lorenz(steps=50, dt=dt).values).double()  # (50, 3), on the attractor

@@ -87,6 +87,7 @@ def test_the_model_is_checked_on_the_meta_device_so_a_huge_one_costs_no_memory(m
     prepare(compose([*UNTRACKED, "hidden_size=200000", "depth=1"]))
 
 
+@pytest.mark.slow
 def test_a_run_the_store_refuses_stops_after_its_first_epoch_not_at_the_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -102,12 +103,14 @@ def test_a_run_the_store_refuses_stops_after_its_first_epoch_not_at_the_end(tmp_
     assert 1 <= epoch < 50  # stopped early, its checkpoint kept
 
 
+@pytest.mark.slow
 def test_a_cell_with_a_solved_readout_is_fitted_in_closed_form(tmp_path):
     result = run(compose([*UNTRACKED, "cell=esn", "hidden_size=32"]), output_dir=tmp_path / "run")
     assert result.status == "FINISHED" and len(result.history) == 1
     assert "train_loss" not in result.history[0] and result.probes == []  # no gradient step was taken
 
 
+@pytest.mark.slow
 def test_a_stop_saves_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
     cmd = "python -m rnnlab " + " ".join(UNTRACKED) + " resume=auto"
     with pytest.raises(Stopped) as e:

@@ -29,6 +29,7 @@ def _faults(variant: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_tuned_allocator_keeps_a_64_mb_buffer_past_the_mmap_threshold_ceiling() -> None:
     # 64 MB is above the 32 MB ceiling of M_MMAP_THRESHOLD, so only M_MMAP_MAX = 0 keeps it:
     # torch.nn.LSTM's workspace at T=200 is this large (experiments/benchmarks/allocator.py).

@@ -28,6 +28,7 @@ def test_a_recurrent_gain_that_is_not_positive_is_refused_in_one_line():
         prepare(compose(["experiment=clipping", "seed=0", "train.clip=1", "tracking=none", "cell.recurrent_gain=0"]))
 
 
+@pytest.mark.slow
 def test_exploding_gradients_unclipped_sgd_jumps_to_saturation_clipped_stays_chaotic(tmp_path):
     small = ["experiment=clipping", "seed=0", "tracking=none", "train.steps=100", "train.steps_per_epoch=50",
              "data.n_val=200", "data.n_test=200"]

@@ -26,6 +26,7 @@ def test_the_study_is_delays_x_seeds_at_arjovsky_et_als_settings():
     assert {c.train.steps for c in paper} == {20000}
 
 
+@pytest.mark.slow
 def test_an_lstm_beats_the_memoryless_baseline_at_a_short_delay(tmp_path):
     cfg = compose(["experiment=copy", "seed=0", "tracking=none", "data.length=10", "train.steps=3000",
                    "data.n_val=200", "data.n_test=500"])

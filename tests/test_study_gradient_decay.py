@@ -34,6 +34,7 @@ def test_the_study_is_four_cells_by_three_seeds_probed_at_init_and_after_trainin
     assert {j["tracking"]["experiment"] for j in grid} == {"gradient_decay"}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_the_tanh_rnns_gradient_decays_twice_as_fast_as_the_lstms_and_as_its_lyapunov_exponent_says(capsys):
     tanh = [decay("rnn", seed, lyapunov=1) for seed in (0, 1, 2)]

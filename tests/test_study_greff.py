@@ -77,6 +77,7 @@ def test_a_bad_balance_key_is_one_line_before_any_trial(workdir):
 TRIALS = [(v, lr) for v in ("vanilla", "NFG") for lr in (1e-3, 3e-2, 1.0)]
 
 
+@pytest.mark.slow
 def test_the_smallest_study_end_to_end_the_learning_rate_matters_most(tmp_path, capsys):
     space = {"cell.variant": optuna.distributions.CategoricalDistribution(VARIANTS),
              "train.lr": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True),

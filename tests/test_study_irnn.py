@@ -18,6 +18,7 @@ def test_the_study_is_irnn_and_tanh_x_five_learning_rates_x_seeds():
     assert len(list(jobs(["experiment=irnn_paper"]))) == 50
 
 
+@pytest.mark.slow
 def test_at_lr_1e_2_the_irnn_diverges_where_the_tanh_rnn_does_not(tmp_path):
     small = ["experiment=irnn", "seed=1", "train.lr=0.01", "tracking=none", "train.steps=20",
              "train.steps_per_epoch=20", "data.n_val=100", "data.n_test=100"]

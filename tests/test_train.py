@@ -58,6 +58,7 @@ def test_two_runs_with_one_seed_are_identical(data):
     assert [h["train_loss"] for h in a.history] != [h["train_loss"] for h in c.history]
 
 
+@pytest.mark.slow
 def test_training_learns_and_logs_every_epoch():
     data = make_windows(generate_weather(1.0, seed=0), lookback=24)  # a year: val is not a new season
     logged = []
@@ -72,6 +73,7 @@ def test_training_learns_and_logs_every_epoch():
     assert result.best_val_loss < 0.2 * untrained
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights(data):
     # A learning rate this high makes the validation loss erratic: stopping must keep the best.
     cfg = TrainConfig(epochs=8, patience=2, steps_per_epoch=10, batch_size=32, lr=0.5, clip=0)
@@ -91,6 +93,7 @@ def test_clipping_fires_and_reports_the_norm_before_clipping(data):
     assert off.history[0]["clip_rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_sgd_with_momentum_trains(data):
     cfg = TrainConfig(epochs=2, steps_per_epoch=20, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9)
     result = train(small_model(), data, cfg)
