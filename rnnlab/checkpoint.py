@@ -75,18 +75,24 @@ def find(
     config_hash: str | None = None, unfinished: bool = False,
 ) -> Path | None:
     """The newest checkpoint under ``outputs`` whose sidecar names this run (by MLflow run id
-    or the trainer's own run key) or config (with ``unfinished``, only of unfinished runs)."""
+    or the trainer's own run key) or config. With ``unfinished``, only of runs that never
+    finished: a resumed run saves into its own new folder, so the folder it resumed from still
+    reads unfinished once it has finished, and is skipped by its run key."""
     import json
 
-    found = []
+    found, finished = [], set()
     for sidecar in Path(outputs).glob(f"**/{SIDECAR}"):
         try:
             info = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             continue
+        if info.get("finished") and info.get("run_key"):
+            finished.add(info["run_key"])
         if (run_id is None or info.get("run_id") == run_id) and (run_key is None or info.get("run_key") == run_key) and (
             config_hash is None or info.get("config_hash") == config_hash
-        ) and not (unfinished and info.get("finished")):
-            found.append((sidecar.stat().st_mtime, sidecar.parent / "checkpoint.pt"))
-    found = [item for item in found if item[1].is_file()]
+        ):
+            found.append((sidecar.stat().st_mtime, sidecar.parent / "checkpoint.pt", info))
+    if unfinished:
+        found = [item for item in found if not item[2].get("finished") and item[2].get("run_key") not in finished]
+    found = [item[:2] for item in found if item[1].is_file()]
     return max(found)[1] if found else None

@@ -636,7 +636,12 @@ def _checkpoint_path(resume: str, digest: str, uri: str) -> Path | None:
 
     path = Path(resume)
     if resume == "auto":
-        return checkpoint.find(OUTPUTS, config_hash=digest, unfinished=True)
+        found = checkpoint.find(OUTPUTS, config_hash=digest, unfinished=True)
+        done = None if found else checkpoint.find(OUTPUTS, config_hash=digest)
+        if done is not None:  # never reopened: a finished run stays as it ended
+            print(f"rnnlab: resume=auto: the run with this config finished (checkpoint {str(done)!r}); "
+                  "starting a new run", file=sys.stderr)
+        return found
     if path.is_dir():
         return path / "checkpoint.pt"
     if path.is_file():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from rnnlab import checkpoint
@@ -22,6 +23,7 @@ def test_save_and_load_round_trip_with_weights_only(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporaries left
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     final = tmp_path / "checkpoint.pt"
     checkpoint.save({"generation": 0, "weights": torch.zeros(10)}, final)
@@ -62,3 +64,18 @@ def test_find_picks_the_newest_matching_unfinished_checkpoint(tmp_path):
     assert checkpoint.find(tmp_path, config_hash="h1") == tmp_path / "c" / "checkpoint.pt"
     assert checkpoint.find(tmp_path, config_hash="h1", unfinished=True) == tmp_path / "b" / "checkpoint.pt"
     assert checkpoint.find(tmp_path, run_id="nope") is None
+
+
+def test_find_skips_the_folder_a_finished_run_was_resumed_from(tmp_path):
+    # killed in "a", resumed (same run key) into "b" and finished there: "a" still reads
+    # unfinished, but resume=auto must not reopen the run; "old" is another unfinished run.
+    for name, key, finished in [("old", "k0", False), ("a", "k1", False), ("b", "k1", True)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        checkpoint.save({"x": 1}, folder / "checkpoint.pt")
+        checkpoint.write_sidecar(folder, {"run_id": "r-" + key, "run_key": key, "config_hash": "h", "finished": finished})
+        time.sleep(0.02)
+    assert checkpoint.find(tmp_path, config_hash="h", unfinished=True) == tmp_path / "old" / "checkpoint.pt"
+    assert checkpoint.find(tmp_path, config_hash="h") == tmp_path / "b" / "checkpoint.pt"
+    (tmp_path / "old" / checkpoint.SIDECAR).unlink()
+    assert checkpoint.find(tmp_path, config_hash="h", unfinished=True) is None

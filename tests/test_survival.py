@@ -96,6 +96,21 @@ def test_preempted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, add_s
         assert sorted(steps) == sorted(ref) and len(ref) == 5, (key, steps)  # 5 epochs, at their optimiser steps
         got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert ref == got
+    probed = [k for k in straight.data.metrics if k.startswith("decay_rate/")]
+    assert probed and set(resumed.data.metrics) == set(straight.data.metrics)
+    for key in resumed.data.metrics:  # the probe's and every other key: the same steps, once each
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        ref = [m.step for m in ref_client.get_metric_history(straight.info.run_id, key)]
+        assert sorted(steps) == sorted(ref), (key, steps, ref)
+
+    # Once finished, resume=auto starts a new run, saying so; the finished one stays as it ended
+    # (its first folder's checkpoint still reads unfinished: a resume saves into a new folder).
+    again = run_cli([*LONGER, "resume=auto"], preempted)
+    assert again.returncode == 0, again.stderr
+    assert "resume=auto: the run with this config finished" in again.stderr and "starting a new run" in again.stderr
+    runs = client.search_runs([run.info.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert client.get_run(run.info.run_id).data.metrics == resumed.data.metrics
 
 
 def test_resume_of_a_bad_reference_is_one_line(workdir):
