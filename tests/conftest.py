@@ -81,6 +81,19 @@ def float64():
     torch.set_default_dtype(old)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for one test, restored after. For the studies' small runs (hidden
+    sizes 32-64): a second thread buys nothing there, and on a loaded host (load 5-7 on these
+    2 cores) two threads waiting on each other made a 2 s run take 10-40 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def free_port() -> int:
     import socket
 
