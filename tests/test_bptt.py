@@ -17,15 +17,6 @@ from rnnlab.cells import CELLS
 has_mkldnn = torch.backends.mkldnn.is_available()
 
 
-@pytest.fixture
-def one_thread():
-    """bptt takes oneDNN's products on one thread only."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.skipif(not has_mkldnn, reason="this torch build has no oneDNN (mkldnn)")
 def test_this_torchs_onednn_linear_passes_the_check_so_bptt_takes_it():
     # An upgrade that drops or changes the op fails here, loudly, instead of only running slower.

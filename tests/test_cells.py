@@ -709,13 +709,6 @@ def torch_threads(n):
         torch.set_num_threads(before)
 
 
-@pytest.fixture
-def one_thread():
-    """bptt takes oneDNN's products on one thread only (on more, MKL's were as fast or faster)."""
-    with torch_threads(1):
-        yield
-
-
 @onednn
 @pytest.mark.parametrize("plus", ["none", "bias", "term"])
 def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypatch, one_thread):

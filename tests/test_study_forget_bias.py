@@ -5,6 +5,7 @@ it leaves the adding problem's plateau sooner."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rnnlab.compose import compose, jobs
 from rnnlab.probe import summary_metrics
@@ -12,6 +13,12 @@ from rnnlab.run import run
 
 SMALL = ["data.length=40", "hidden_size=32", "train.steps=1", "probe.at=[0]", "data.n_val=64", "data.n_test=64",
          "tracking=none"]
+
+
+@pytest.fixture(autouse=True)
+def scratch(tmp_path, monkeypatch):
+    """run() without an output_dir writes under ./outputs/runs: keep it in the test's folder."""
+    monkeypatch.chdir(tmp_path)
 
 
 def test_the_study_is_two_biases_by_three_seeds_and_its_gru_reference_shares_the_settings():

@@ -52,6 +52,7 @@ def test_the_paper_scales_are_longer_runs_and_a_longer_adding_problem():
     assert (quick.data.options["length"], quick.train.steps, quick.data.options["fresh"]) == (50, 2500, True)
 
 
+@pytest.mark.slow
 def test_after_400_steps_at_t10_both_gated_cells_are_far_below_the_tanh_rnn(tmp_path: Path, one_thread):
     small = ["experiment=gated_adding", "data.length=10", "train.steps=400", "data.n_val=200", "data.n_test=500",
              "tracking=none"]

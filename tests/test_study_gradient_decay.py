@@ -26,6 +26,12 @@ def decay(cell: str, seed: int, lyapunov: int = 0) -> tuple[float, float]:
     return summary_metrics(probe)["decay_rate/l0"], result.metrics.get("lyapunov/l0/1", math.nan)
 
 
+@pytest.fixture(autouse=True)
+def scratch(tmp_path, monkeypatch):
+    """run() without an output_dir writes under ./outputs/runs: keep it in the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_the_study_is_four_cells_by_three_seeds_probed_at_init_and_after_training():
     grid = list(jobs(["experiment=gradient_decay"]))
     assert [(j["cell"]["name"], j["seed"]) for j in grid] == [(c, s) for c in ("rnn", "lstm", "gru", "indrnn") for s in (0, 1, 2)]
