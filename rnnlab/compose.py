@@ -72,6 +72,8 @@ def jobs(argv: list[str]) -> Iterator[dict[str, Any]]:
             cfg = hydra_compose("config", overrides=list(choice), return_hydra_config=True)
         except HydraException as e:
             raise ConfigError(_explain_group(e, list(choice))) from None
+        except (ValueError, TypeError, AssertionError) as e:  # Hydra's own checks of a group override (cell=0)
+            raise ConfigError(f"{_one_line(e)} (in: {' '.join(choice)})") from None
         hydra_node = cfg.hydra
         with open_dict(cfg):
             del cfg["hydra"]

@@ -147,6 +147,8 @@ def test_csv_headers_wide_lines_folders_and_time_zones(tmp_path):
     torn = write(tmp_path, "\n".join([header, *rows, rows[0][: len(rows[0]) // 2]]) + "\n", "torn_wide.csv")
     with pytest.raises(DataError, match=r"torn_wide.csv line 8: \d+ field\(s\), the header has 8002"):
         load_csv(torn, "time", "c0")
+    with pytest.raises(DataError, match=r"^extra.csv line 2: more fields than the header's 2 "):  # hypothesis found it
+        load_csv(write(tmp_path, "time,load\n2024-01-01 00:00,1,2\n2024-01-01 01:00,1\n", "extra.csv"), "time", "load")
     (tmp_path / "folder").mkdir()
     with pytest.raises(DataError, match=r"^data.path='.*folder' is a folder \(allowed: a .csv or .parquet file\)$"):
         load_csv(tmp_path / "folder", "time", "c0")

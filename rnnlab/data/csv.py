@@ -102,6 +102,9 @@ def read_table(path: str, max_mb: float = 2048.0) -> tuple[object, Callable[[int
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise DataError(f"{name}: not a readable CSV ({' '.join(str(e).split())})") from None
         unit, first = "line", 2  # the header is line 1
+        if not isinstance(table.index, pd.RangeIndex):  # pandas made the first row's extra field(s) an index
+            raise DataError(f"{file.name} line 2: more fields than the header's {table.shape[1]} "
+                            "(allowed: one field per header column)")
         repeated = _header_duplicates(file)
         if repeated:
             raise DataError(f"{file.name} line 1: column {repeated[0]!r} appears more than once in the header "
