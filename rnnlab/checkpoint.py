@@ -10,6 +10,7 @@ works; rnnlab never unpickles arbitrary objects.
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -23,10 +24,14 @@ TEMP_PREFIX = ".checkpoint-"  # leftovers of a killed save start with this
 def save(payload: dict[str, Any], path: Path) -> None:
     """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename, fsync dir)."""
     path = Path(path)
+    # Serialised in memory first: torch.save writing to a full disk raises a RuntimeError from
+    # its C++ stream ("unexpected pos"); a plain write raises OSError (ENOSPC) that says why.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)

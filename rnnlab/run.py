@@ -230,6 +230,8 @@ class _Run:
         # always finds its run even if it was stopped before the run existed.
         self.run_key = resume["run_key"] if resume else uuid.uuid4().hex
         self.refused = False  # the store refused the run (see _check_tracking)
+        self.saved_step: int | None = None  # the optimiser step of the last checkpoint written
+        self.unsaved: str | None = None  # why the latest save failed (a full disk), until one succeeds
 
     def go(self) -> Result:
         from rnnlab import runtime
@@ -399,17 +401,29 @@ class _Run:
         self.hooks.log(metrics, step)
 
     def _save(self, state: Any, finished: bool = False) -> None:
+        """The checkpoint and its sidecar. A save the disk refuses (full, read-only) leaves the
+        previous checkpoint whole (checkpoint.save is atomic) and training goes on, with one
+        warning until a save succeeds again; a stop then says which step it can resume from."""
         from rnnlab import checkpoint
         from rnnlab.train import planned_epochs
 
         payload = {"train": state.payload(), "config": self.p.flat, "config_hash": self.p.digest,
                    "run_id": self.tracker.run_id, "run_key": self.run_key}
-        checkpoint.save(payload, self.output_dir / "checkpoint.pt")
-        checkpoint.write_sidecar(self.output_dir, {
-            "run_id": self.tracker.run_id, "run_key": self.run_key, "config_hash": self.p.digest,
-            "epoch": min(state.epoch, planned_epochs(self.p.data, self.config.train, self.config.truncation)),
-            "step": state.step, "finished": finished,
-        })
+        try:
+            checkpoint.save(payload, self.output_dir / "checkpoint.pt")
+            checkpoint.write_sidecar(self.output_dir, {
+                "run_id": self.tracker.run_id, "run_key": self.run_key, "config_hash": self.p.digest,
+                "epoch": min(state.epoch, planned_epochs(self.p.data, self.config.train, self.config.truncation)),
+                "step": state.step, "finished": finished,
+            })
+        except OSError as e:
+            if self.unsaved is None:
+                kept = f"the one of step {self.saved_step} is kept" if self.saved_step is not None else "there is none yet"
+                print(f"rnnlab: warning: checkpoint of step {state.step} not saved in {self.output_dir} ({e.strerror}); "
+                      f"{kept}, training goes on", file=sys.stderr)
+            self.unsaved = e.strerror or type(e).__name__
+            return
+        self.unsaved, self.saved_step = None, state.step
 
     def _test(self, result: Any) -> dict[str, float]:
         """The test split's numbers beside the task's baselines, logged at the last step."""
@@ -443,16 +457,19 @@ class _Run:
 
     def _artifacts(self) -> None:
         """The weights, the config, and the figures that mean something for this run."""
-        import torch
-
+        from rnnlab import checkpoint
         from rnnlab.data import Windows
 
-        torch.save(self.model.state_dict(), self.output_dir / "model.pt")
-        names = ["config.yaml", "model.pt"]
-        if isinstance(self.p.data, Windows):  # a predictions plot only means something for a forecast
-            names.append(self._plot_predictions())
-        if self.probe is not None and self.probe.records:  # matrices once, as artifacts, not as metric keys
-            names += self._gradient_artifacts()
+        try:
+            checkpoint.save(self.model.state_dict(), self.output_dir / "model.pt")  # atomic, as checkpoints
+            names = ["config.yaml", "model.pt"]
+            if isinstance(self.p.data, Windows):  # a predictions plot only means something for a forecast
+                names.append(self._plot_predictions())
+            if self.probe is not None and self.probe.records:  # matrices once, as artifacts, not as metric keys
+                names += self._gradient_artifacts()
+        except OSError as e:  # a full disk: say where things stand, in one line
+            kept = f"; the checkpoint of step {self.saved_step} is kept" if self.saved_step is not None else ""
+            raise RunError(f"cannot write the run's files in {self.output_dir} ({e.strerror}){kept}") from None
         for name in names:
             self.tracker.log_artifact(self.output_dir / name)
 
@@ -502,14 +519,20 @@ class _Run:
         code = stop.exit_code if stop.requested() else 130
         where = self.tracker.run_id or self.output_dir
         again = " ".join(a for a in self.command.split() if not a.startswith("resume="))
-        return Stopped(f"stopped; checkpoint saved. Continue with: {again} resume={where}", code)
+        if self.unsaved and self.saved_step is None:
+            return Stopped(f"stopped; no checkpoint could be saved in {self.output_dir} ({self.unsaved})", code)
+        saved = f"the checkpoint of step {self.saved_step} is kept ({self.unsaved} since)" if self.unsaved else "checkpoint saved"
+        return Stopped(f"stopped; {saved}. Continue with: {again} resume={where}", code)
 
     def _keep_traceback(self) -> None:
         """A failed run keeps its traceback: in the output folder and as an MLflow artifact."""
         import traceback
 
         path = self.output_dir / "traceback.txt"
-        path.write_text(traceback.format_exc())
+        try:
+            path.write_text(traceback.format_exc())
+        except OSError:  # a full disk: the error itself still reaches the user
+            return
         self.tracker.log_artifact(path)
 
     def _finish(self, status: str, patient: bool = False) -> None:

@@ -144,3 +144,24 @@ def mlflow_server(tmp_path: Path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MB tmpfs at tmp_path/disk, for what a full disk does (needs root, as in CI here);
+    ``fill(path, leave)`` takes all but ``leave`` bytes of it with one file."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip() or 'mount failed'}): a full disk is tried as root")
+
+    def fill(leave: int) -> None:
+        free = shutil.disk_usage(disk).free
+        with open(disk / "filler", "wb") as f:
+            f.write(b"\0" * max(0, free - leave))
+
+    try:
+        yield disk, fill
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -79,3 +79,18 @@ def test_find_skips_the_folder_a_finished_run_was_resumed_from(tmp_path):
     assert checkpoint.find(tmp_path, config_hash="h") == tmp_path / "b" / "checkpoint.pt"
     (tmp_path / "old" / checkpoint.SIDECAR).unlink()
     assert checkpoint.find(tmp_path, config_hash="h", unfinished=True) is None
+
+
+def test_a_save_on_a_full_disk_fails_and_keeps_the_previous_checkpoint_whole(small_disk):
+    disk, fill = small_disk
+    path = disk / "checkpoint.pt"
+    checkpoint.save({"w": torch.arange(1000.0)}, path)
+    fill(leave=4096)
+    try:
+        checkpoint.save({"w": torch.zeros(100_000)}, path)  # 400 KB into 4 KB
+    except OSError as e:
+        assert e.errno == 28, e  # ENOSPC
+    else:
+        raise AssertionError("a 400 KB save fitted into 4 KB")
+    assert torch.equal(checkpoint.load(path)["w"], torch.arange(1000.0))
+    assert sorted(p.name for p in disk.iterdir()) == ["checkpoint.pt", "filler"]  # no temporary left behind

@@ -153,3 +153,24 @@ def test_the_params_logged_are_those_that_apply_to_the_run():
     assert all(v is not None for v in params.values())
     trial = compose(["tracking=none", "trial.study=s", "trial.storage=x.log", "trial.number=3"])
     assert run_params(flatten(trial), trial)["trial.number"] == 3
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_says_so_and_the_run_resumes_once_there_is_space(small_disk, capsys):
+    disk, fill = small_disk
+    folder = disk / "run"
+    # The disk fills after epoch 1's checkpoint: epoch 2's is refused (a warning; training goes
+    # on), then the weights cannot be written (one line, naming the checkpoint that is kept).
+    with pytest.raises(RunError) as e:
+        run(compose(UNTRACKED), Hooks(on_epoch_end=lambda epoch, v: fill(leave=0) if epoch == 1 else None),
+            output_dir=folder)
+    saved = json.loads((folder / "checkpoint.json").read_text())
+    assert saved["epoch"] == 2 and saved["finished"] is False  # epoch 1's: "epoch 2 is next"
+    assert str(e.value) == (f"cannot write the run's files in {folder} (No space left on device); "
+                            f"the checkpoint of step {saved['step']} is kept")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"rnnlab: warning: checkpoint of step {2 * saved['step']} not saved in {folder} (No space "
+                        f"left on device); the one of step {saved['step']} is kept, training goes on"]
+    (disk / "filler").unlink()
+    resumed = run(compose([*UNTRACKED, f"resume={folder}"]), output_dir=disk / "again")
+    whole = run(compose(UNTRACKED), output_dir=disk / "whole")
+    assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]  # nothing lost: bit for bit on CPU

@@ -73,7 +73,7 @@ def test_preempted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, add_s
     wait_for_epoch(preempted, 2, proc)
     code, seconds, err = stop(proc, signal.SIGTERM)
     assert code == 143 and seconds < 5, (code, seconds, err)
-    assert "resume=" in err
+    assert err.count("resume=") == 1 and "leaked semaphore" not in err, err  # one way to continue, no warning
     client, run = the_run(preempted)
     assert run.info.status == "KILLED"
 
