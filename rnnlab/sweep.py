@@ -71,12 +71,14 @@ def check_job(raw: dict[str, Any], cache: dict[str, Any] | None = None) -> None:
 # ------------------------------------------------------------------------------------ storage
 
 
-def open_storage(url: str | None, *, repair: bool = False) -> Any:
+def open_storage(url: str | None, *, repair: bool = False, patient: bool = False) -> Any:
     """A journal file (a path, the default) or a database (a SQLAlchemy URL: sqlite://,
     postgresql://, mysql+pymysql://). Raises SweepError, one line, when it cannot be used.
 
     ``repair`` cuts a torn last line out of a journal first (see repair_journal); only the
-    sweeper asks for it, at start-up, before it writes anything."""
+    sweeper asks for it, at start-up, before it writes anything. ``patient``: a database
+    server that is unreachable is waited for (``DATABASE_PATIENCE``), as its calls are (see
+    PatientStorage); for a job, whose sweeper has reached that server already."""
     import optuna
 
     url = url or DEFAULT_STORAGE
@@ -103,18 +105,92 @@ def open_storage(url: str | None, *, repair: bool = False) -> Any:
     # Workers starting at once on a fresh database race to create Optuna's schema: the loser
     # sees "table ... already exists" (PostgreSQL, SQLite) or a duplicate alembic_version row
     # (MySQL/MariaDB). It waits for the winner and opens the finished schema.
-    for attempt in range(6):
+    deadline = time.monotonic() + DATABASE_PATIENCE
+    attempt = 0
+    while attempt < 6:
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            return PatientStorage(rdb) if url.startswith(("postgresql", "mysql")) else rdb
         except Exception as e:
             last = e
+            if patient and _unreachable(e) and time.monotonic() < deadline:
+                time.sleep(1.0)  # a restart: a job waits for the server its sweeper reached
+                continue
             if not any(sign in str(e) for sign in ("already exists", "Duplicate entry", "duplicate key")):
                 break
-            time.sleep(0.5 * (attempt + 1))
+            attempt += 1
+            time.sleep(0.5 * attempt)
     why = _one_line(last).split(" (Background on this error")[0]
     if isinstance(last, ImportError):
         why += " (pip install 'rnnlab[postgres]' or 'rnnlab[mysql]')"
     raise SweepError(f"storage={_hide_password(url)!r} cannot be used: {why}") from None
+
+
+DATABASE_PATIENCE = 180.0  # seconds a storage call waits for a database server to come back
+
+
+class PatientStorage:
+    """A database server's study storage whose calls wait out a restart or a fail-over.
+
+    A PostgreSQL restart under a sweep (``pg_ctlcluster ... restart``: ~2 s down) made the
+    first storage call in that window raise, and the sweeper, or a job reporting an epoch,
+    died with it. Here a call that fails because the server is unreachable is retried, every
+    second or so, for up to ``DATABASE_PATIENCE`` seconds, with one warning; any other error
+    is raised at once. A call that failed mid-transaction was rolled back by the server, so
+    retrying it repeats nothing. Calls go to what Optuna itself would use for this storage
+    (its caching front, where Optuna offers it)."""
+
+    def __init__(self, storage: Any, patience: float = DATABASE_PATIENCE) -> None:
+        import optuna
+
+        get_storage = getattr(optuna.storages, "get_storage", None)  # public name, "internal use" docstring
+        self._storage = get_storage(storage) if get_storage is not None else storage
+        self._patience = patience
+        self._warned = False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._storage, name)
+        if not callable(attr):
+            return attr
+
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + self._patience
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:
+                    if not _unreachable(e) or time.monotonic() > deadline:
+                        raise
+                    if not self._warned:
+                        self._warned = True
+                        root = e
+                        while root.__cause__ is not None:  # Optuna's wrapper says "invalid data in the commit"
+                            root = root.__cause__
+                        why = _one_line(root).split(" (Background on this error")[0][:160]
+                        print(f"rnnlab: warning: the study's database is unreachable ({why}); "
+                              f"retrying for up to {self._patience:.0f} s", file=sys.stderr)
+                    time.sleep(1.0)
+
+        return patient
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A database server that is down or restarting (not a bad query, not a conflict), also
+    behind Optuna's StorageInternalError, which wraps SQLAlchemy's error as its cause."""
+    try:
+        from sqlalchemy import exc
+    except ImportError:
+        return False
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, (exc.OperationalError, exc.InterfaceError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def repair_journal(path: Path) -> int:
@@ -417,7 +493,7 @@ class JobTrial:
         self.tags = {"rnnlab.study": cfg.study, "rnnlab.trial": str(cfg.number)}
         if cfg.parent_run:
             self.tags["mlflow.parentRunId"] = cfg.parent_run  # a child of the sweep's run
-        self.storage = open_storage(cfg.storage)
+        self.storage = open_storage(cfg.storage, patient=True)
         self.study = optuna.load_study(study_name=cfg.study, storage=self.storage, pruner=pruner)
         self.trial_id = trial_id(self.storage, self.study, cfg.number)
         # Optuna prunes single-objective studies only.

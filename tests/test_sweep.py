@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -598,6 +599,45 @@ def _postgres_reachable() -> str | None:
 def test_two_workers_share_one_study_in_postgresql(workdir):
     study = _two_workers(workdir, [f"hydra.sweeper.storage={POSTGRES}"], POSTGRES)
     optuna.delete_study(study_name=study.study_name, storage=POSTGRES)
+
+
+def _pg_restart_unavailable() -> str | None:
+    if _postgres_reachable() is not None:
+        return _postgres_reachable()
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        return "no pg_ctlcluster (Debian's postgresql-common) to restart the server with"
+    if os.geteuid() != 0:
+        return "restarting PostgreSQL with pg_ctlcluster needs root"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_pg_restart_unavailable() is not None, reason=str(_pg_restart_unavailable()))
+def test_a_sweep_goes_on_through_a_postgresql_restart(workdir):
+    name = f"restart-{os.getpid()}-{time.time_ns()}"
+    args = [*SWEEP, *FAST_REAPER, "hydra.sweeper.n_trials=5", f"hydra.sweeper.study_name={name}",
+            f"hydra.sweeper.storage={POSTGRES}", "train.epochs=3", "train.steps_per_epoch=20",
+            "train.lr=tag(log,interval(1e-4,1e-2))"]
+    proc = start(args, workdir)
+
+    def mid_sweep() -> bool:  # a trial done, two or more still to start
+        try:
+            counts = sweep.count(optuna.load_study(study_name=name, storage=POSTGRES))
+        except Exception:  # not created yet
+            return False
+        return counts.done >= 1 and counts.done + counts.running <= 3
+
+    wait_for(mid_sweep, 180, "a finished trial")
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    restarted = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                               capture_output=True, text=True, timeout=120)
+    assert restarted.returncode == 0, restarted.stderr
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    assert_no_duplicates(study)
+    assert sweep.count(study) == sweep.Counts(done=5, failed=0, running=0, waiting=0), err[-3000:]
+    optuna.delete_study(study_name=name, storage=POSTGRES)
 
 
 @pytest.mark.slow
