@@ -63,6 +63,7 @@ class Tracker:
         self._run_id = run_id
         self.experiment_id: str | None = None
         writer = writer or Writer()
+        self._owner = writer
         self._work, self._replies, self._writer = writer.work, writer.replies, writer.process
         spool = str(Path(spool_dir) / SPOOL) if spool_dir is not None else None
         writer.open(uri, experiment, run_name, tags, run_id, spool, batch_seconds, time.time())
@@ -115,6 +116,7 @@ class Tracker:
             self.finish_seconds += time.perf_counter() - started
 
     def _put(self, item: tuple[str, Any]) -> None:
+        assert self._work is not None, "this run's tracking has finished"
         started = time.perf_counter()
         self._work.put(item)
         self.call_seconds += time.perf_counter() - started
@@ -135,9 +137,13 @@ class Tracker:
         error = self._wait_for_done(time.monotonic() + timeout + 0.5)
         self._writer.join(timeout=1)  # it leaves right after its reply (os._exit)
         self._finished = True
-        for q in (self._work, self._replies):  # release their semaphores now, not at exit
+        for q in (self._work, self._replies):
             q.close()
             q.join_thread()
+        # Let go of the queues, so their named semaphores are unlinked now: a run stopped by a
+        # signal leaves with os._exit, which skips multiprocessing's finalizers, and its
+        # resource tracker then warned of "6 leaked semaphore objects".
+        self._work = self._replies = self._owner.work = self._owner.replies = None
         if error is not None:
             raise TrackingError(f"tracking.uri={self.uri!r}: {error}")
 
