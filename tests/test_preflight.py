@@ -11,6 +11,18 @@ ALLOWED_KEYS = ("cell, data, train, tracking, depth, hidden_size, dropout, bidir
                 "allocator, quiet, resume, probe, trial")
 
 
+def test_a_store_file_that_is_not_a_database_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "mlflow.db").write_text("hi")  # trained to the end untracked, a run folder written
+    with pytest.raises(SystemExit):
+        preflight([])
+    assert capsys.readouterr().err.strip() == ("rnnlab: error: tracking.uri='sqlite:///outputs/mlflow.db': "
+                                               "'outputs/mlflow.db' is not an SQLite database (allowed: an MLflow store "
+                                               "a run made, or a path that does not exist yet)")
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["mlflow.db"]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -59,6 +59,14 @@ STORE_SCHEMES = {"sqlite", *SERVER_PORTS}
 ALLOWED_STORES = "sqlite:///path/to/mlflow.db, http(s)://host:port, postgresql://..., mysql://..., mssql://..."
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _sqlite_header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(len(SQLITE_HEADER))
+
+
 def check_reachable(uri: str, create: bool = False) -> None:
     """Cheap checks that fail fast, before training, on a store that cannot work: a local
     store's folder must be writable (``create``: and is made now, as a run or a sweep opens
@@ -75,6 +83,9 @@ def check_reachable(uri: str, create: bool = False) -> None:
         db = local_store_file(uri)
         if db.exists() and (not db.is_file() or not os.access(db, os.W_OK)):
             raise TrackingError(f"tracking.uri={uri!r}: {str(db)!r} is not a writable file")
+        if db.is_file() and db.stat().st_size > 0 and _sqlite_header(db) != SQLITE_HEADER:
+            raise TrackingError(f"tracking.uri={uri!r}: {str(db)!r} is not an SQLite database (allowed: an MLflow "
+                                "store a run made, or a path that does not exist yet)")
         if create:
             try:
                 store.mkdir(parents=True, exist_ok=True)
