@@ -165,3 +165,14 @@ def small_disk(tmp_path: Path):
         yield disk, fill
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def initial_probe(overrides: list[str], out: Path) -> dict[str, float]:
+    """The probe summary of a run's initial weights (probe.at=[0] among ``overrides``, one step)."""
+    from rnnlab.compose import compose
+    from rnnlab.probe import summary_metrics
+    from rnnlab.run import run
+
+    (probe,) = run(compose(overrides), output_dir=out).probes
+    assert probe.step == 0  # the initial weights
+    return summary_metrics(probe)

@@ -121,11 +121,20 @@ def outcome(args: list[str]) -> tuple[str, str]:
     return "accepted", err.getvalue()
 
 
-def check_one_line(args: list[str], kind: str, err: str) -> None:
+def tallied(args: list[str], counts: Counter[str]) -> tuple[str, str]:
+    """The preflight's outcome, counted (a crash too, before it propagates); a refusal must be
+    one line."""
+    try:
+        kind, err = outcome(args)
+    except BaseException:
+        counts["crashed"] += 1
+        raise
+    counts[kind] += 1
     if kind == "refused":
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), (args, err)
         assert "Traceback" not in err and len(lines[0]) < 2000, (args, err)
+    return kind, err
 
 
 @pytest.mark.slow
@@ -136,15 +145,8 @@ def test_generated_overrides_are_run_or_refused_in_one_line_and_write_nothing(tm
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.lists(OVERRIDE, min_size=1, max_size=3), st.booleans())
     def check(overrides: list[str], multirun: bool) -> None:
-        args = (["-m"] if multirun else []) + overrides
-        try:
-            kind, err = outcome(args)
-        except BaseException:
-            counts["crashed"] += 1
-            raise
-        counts[kind] += 1
-        check_one_line(args, kind, err)
-        assert list(tmp_path.iterdir()) == [], args  # no outputs/, no store, no study
+        tallied((["-m"] if multirun else []) + overrides, counts)
+        assert list(tmp_path.iterdir()) == [], overrides  # no outputs/, no store, no study
 
     check()
     print(f"generated overrides: {sum(counts.values())} tried, {counts['refused']} refused in one line, "
@@ -203,14 +205,8 @@ def test_generated_csv_files_are_run_or_refused_in_one_line_naming_the_file_and_
     def check(data: bytes) -> None:
         path = files / "series.csv"
         path.write_bytes(data)
-        args = ["data=csv", f"data.path={path}", "data.target=load", "data.lookback=4", "data.season=2"]
-        try:
-            kind, err = outcome(args)
-        except BaseException:
-            counts["crashed"] += 1
-            raise
-        counts[kind] += 1
-        check_one_line(args, kind, err)
+        kind, err = tallied(["data=csv", f"data.path={path}", "data.target=load", "data.lookback=4", "data.season=2"],
+                            counts)
         if kind == "refused" and "data." not in err:  # a problem of the file: its name (and line) is said
             assert "series.csv" in err, err
         assert list(work.iterdir()) == [], data[:200]

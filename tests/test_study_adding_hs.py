@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import initial_probe
 from rnnlab.compose import compose, jobs
 from rnnlab.config import validate
-from rnnlab.probe import summary_metrics
-from rnnlab.run import build_model, prepare, run
+from rnnlab.run import build_model, prepare
 
 # The study's network (1 x 64) and T = 100; one step, probed before it.
 SMALL = ["train.steps=1", "probe.at=[0]", "data.n_train=64", "data.n_val=64", "data.n_test=64", "probe.lyapunov.k=0",
@@ -48,10 +48,7 @@ def test_the_study_is_a_chrono_initialised_lstm_by_three_seeds_on_hochreiter_and
 
 def probed(chrono: int, seed: int, out: Path) -> dict[str, float]:
     """The initial weights' probe summary of the study's LSTM, chrono init on (100) or off (0: forget bias 1)."""
-    result = run(compose(["experiment=adding_hs", f"cell.chrono={chrono}", f"seed={seed}", *SMALL]), output_dir=out)
-    (probe,) = result.probes
-    assert probe.step == 0  # the initial weights
-    return summary_metrics(probe)
+    return initial_probe(["experiment=adding_hs", f"cell.chrono={chrono}", f"seed={seed}", *SMALL], out)
 
 
 def test_the_chrono_init_keeps_the_gradient_flowing_back_to_the_first_marker_at_init(tmp_path, one_thread):

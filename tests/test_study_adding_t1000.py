@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import initial_probe
 from rnnlab.compose import compose, jobs
 from rnnlab.config import validate
-from rnnlab.probe import summary_metrics
-from rnnlab.run import build_model, prepare, run
+from rnnlab.run import build_model, prepare
 
 # The study's depth and cells at the paper's T; 32 units instead of 128 keeps the LSTM's probe
 # (forward and backward over 1,000 steps) at ~2 s a run.
@@ -73,10 +73,7 @@ def test_the_presets_bound_and_top_layer_init_follow_the_tasks_length(length: in
 
 def probed(cell: str, seed: int, out: Path) -> dict[str, float]:
     """The initial weights' probe summary at T = 1000: decay rates and vanishing factors per layer."""
-    result = run(compose(["experiment=adding_t1000", f"cell={cell}", f"seed={seed}", *SMALL]), output_dir=out)
-    (probe,) = result.probes
-    assert probe.step == 0  # the initial weights
-    return summary_metrics(probe)
+    return initial_probe(["experiment=adding_t1000", f"cell={cell}", f"seed={seed}", *SMALL], out)
 
 
 def test_at_t1000_and_init_the_indrnn_presets_gradient_is_flat_where_the_lstms_vanishes(tmp_path, one_thread):
