@@ -396,3 +396,29 @@ def test_experiments_open_on_mlflows_training_view_and_a_kind_set_by_hand_is_kep
     Tracker(uri, "mine", "c", {}).finish("FINISHED")
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_files_the_artifact_disk_refuses_leave_the_run_finished_and_are_uploaded_by_a_replay(tmp_path, small_disk, capfd):
+    from rnnlab.tracking.recovery import replay
+
+    disk, fill = small_disk
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_experiment("full", artifact_location=(disk / "artifacts").as_uri())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.pt").write_bytes(b"w" * 100_000)
+    fill(leave=0)
+    tracker = Tracker(uri, "full", "r", tags={}, spool_dir=run_dir)
+    tracker.log_metrics({"test_loss": 0.5}, 9)
+    tracker.log_artifact(run_dir / "model.pt")
+    started = time.monotonic()
+    tracker.finish()
+    assert time.monotonic() - started < 20  # a full disk is not an outage to wait out (60 s)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"test_loss": 0.5}  # its real end, every metric
+    assert "1 file(s) not uploaded to the run's artifact store (No space left on device)" in capfd.readouterr().err  # the writer's
+    (disk / "filler").unlink()
+    assert replay(run_dir / SPOOL) == 1 and not (run_dir / SPOOL).exists()
+    assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["model.pt"]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"

@@ -301,6 +301,7 @@ class Sender:
         self.client = client or MlflowClient(uri)
         self.spool = Path(spool) if spool else None
         self.pending: list[Work] = []
+        self.file_error: str | None = None  # why the artifact store's disk refused a file, if it did
         self.warned = False
         self.last_try = self.last_beat = 0.0
         if run_id is None and "rnnlab.run_key" in tags:
@@ -338,16 +339,37 @@ class Sender:
         """End the run with ``status`` once pending work is delivered, or after ``timeout``
         seconds of trying, leaving what is still undelivered in the spool file."""
         deadline = time.monotonic() + timeout
-        while self.pending and time.monotonic() < deadline:
+        while self.pending and time.monotonic() < deadline and not self._only_files_refused():
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
             self.last_try = 0.0
             self.tick()
+        if self.pending and self._only_files_refused():
+            # The artifact store's disk refused the files (full, read-only): the run's metrics
+            # are all in, so it ends with its real status; the files stay in the run's folder
+            # and in the spool, whose replay uploads them (MLflow takes files for ended runs).
+            files = [item for item in self.pending if item[0] == "artifact"]
+            try:
+                send(self.client, self.run_id, "status", status)
+            except Exception:
+                pass  # the status waits in the spool with the files
+            else:
+                self.pending = files
+                self._write_spool()
+                print(f"rnnlab: warning: {len(files)} file(s) not uploaded to the run's artifact store "
+                      f"({self.file_error}); they are in {self.spool.parent if self.spool else 'the run folder'}, and "
+                      f"python -m rnnlab.reap --replay uploads them", file=sys.stderr)
+                return
         self.send([("status", status)])
         if self.pending:
             print(f"rnnlab: warning: the tracking store is unreachable; {len(self.pending)} item(s) "
                   f"are kept in {self.spool} (python -m rnnlab.reap --replay sends them)", file=sys.stderr)
         elif self.spool is not None:
             self.spool.unlink(missing_ok=True)
+
+    def _only_files_refused(self) -> bool:
+        """What waits is files only, and the last one failed for a local disk reason (OSError:
+        no space, read-only), which waiting out a network outage would not mend."""
+        return bool(self.pending) and self.file_error is not None and all(k == "artifact" for k, _ in self.pending)
 
     def _deliver(self, work: list[Work]) -> None:
         """Send work in order; on the first failure keep it and the rest pending."""
@@ -357,6 +379,7 @@ class Sender:
             try:
                 send(self.client, self.run_id, kind, payload)
             except Exception as e:
+                self.file_error = (e.strerror or one_line(e)) if kind == "artifact" and isinstance(e, OSError) else None
                 self.pending = calls[i:]
                 self._write_spool()
                 if not self.warned:
