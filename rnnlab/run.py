@@ -261,7 +261,7 @@ class _Run:
         except NonFiniteError as e:
             self._keep_traceback()
             self.tracker.set_tags({"rnnlab.failure": f"nonfinite_{e.what.replace(' ', '_')}@step={e.step}"})
-            kept = f"; the last good checkpoint is {self.output_dir / 'checkpoint.pt'}" if self.last_state else ""
+            kept = f"; the last good checkpoint is {self.output_dir / 'checkpoint.pt'}" if self.saved_step is not None else ""
             raise RunError(f"{e}: the run diverged (lower train.lr, or train.clip){kept}") from None
         except Exception:
             self._keep_traceback()

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,9 +163,7 @@ class PatientStorage:
                         raise
                     if not self._warned:
                         self._warned = True
-                        root = e
-                        while root.__cause__ is not None:  # Optuna's wrapper says "invalid data in the commit"
-                            root = root.__cause__
+                        root = list(_chain(e))[-1]  # Optuna's wrapper says "invalid data in the commit"
                         why = _one_line(root).split(" (Background on this error")[0][:160]
                         print(f"rnnlab: warning: the study's database is unreachable ({why}); "
                               f"retrying for up to {self._patience:.0f} s", file=sys.stderr)
@@ -181,16 +179,18 @@ def _unreachable(error: BaseException) -> bool:
         from sqlalchemy import exc
     except ImportError:
         return False
+    return any((isinstance(e, exc.DBAPIError) and e.connection_invalidated)
+               or isinstance(e, (exc.OperationalError, exc.InterfaceError)) for e in _chain(error))
+
+
+def _chain(error: BaseException, depth: int = 5) -> Iterator[BaseException]:
+    """``error`` and what it was raised from (or during), innermost last."""
     seen: BaseException | None = error
-    for _ in range(5):
+    for _ in range(depth):
         if seen is None:
-            return False
-        if isinstance(seen, exc.DBAPIError) and seen.connection_invalidated:
-            return True
-        if isinstance(seen, (exc.OperationalError, exc.InterfaceError)):
-            return True
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def repair_journal(path: Path) -> int:

@@ -347,15 +347,12 @@ class Sender:
             # The artifact store's disk refused the files (full, read-only): the run's metrics
             # are all in, so it ends with its real status; the files stay in the run's folder
             # and in the spool, whose replay uploads them (MLflow takes files for ended runs).
-            files = [item for item in self.pending if item[0] == "artifact"]
             try:
                 send(self.client, self.run_id, "status", status)
             except Exception:
                 pass  # the status waits in the spool with the files
             else:
-                self.pending = files
-                self._write_spool()
-                print(f"rnnlab: warning: {len(files)} file(s) not uploaded to the run's artifact store "
+                print(f"rnnlab: warning: {len(self.pending)} file(s) not uploaded to the run's artifact store "
                       f"({self.file_error}); they are in {self.spool.parent if self.spool else 'the run folder'}, and "
                       f"python -m rnnlab.reap --replay uploads them", file=sys.stderr)
                 return
