@@ -33,7 +33,10 @@ def main() -> None:
     if flags & {"--help", "-h"} and len(argv) == 1:
         from rnnlab.console import help_text
 
-        print(help_text())
+        try:
+            print(help_text())
+        except BrokenPipeError:  # `python -m rnnlab --help | head`
+            sys.stdout = None
         return
     # The sweeper by name, before preflight composes a command that picks it
     # (hydra/sweeper=optuna): an editable install (PEP 660) hides the hydra_plugins namespace
@@ -123,7 +126,9 @@ def _hydra_job(cfg: Any) -> dict[str, float]:
         config = validate(raw)  # what preflight checked, unless a sweeper chose the values
         secrets = secret_keys(OmegaConf.to_container(cfg, resolve=False))
         command = redact({"command": " ".join(["python -m rnnlab", *overrides])}, set())["command"]
-        launched = _LAUNCHED if not multirun or hydra_cfg.job.num == 0 else None
+        # A single run counts from the process's launch; a multirun's job from its own start (its
+        # process launched before every job's preflight and, in a sweep, before earlier trials).
+        launched = None if multirun else _LAUNCHED
         return run(config, output_dir=hydra_cfg.runtime.output_dir, prepared=_PREPARED.pop(_job_key(raw), None),
                    command=command, secrets=secrets, launched=launched, writer=writer).metrics
     except Stopped as e:

@@ -1,6 +1,7 @@
 """End to end: `python -m rnnlab` in a subprocess, as a user runs it."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +42,20 @@ def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
     assert run.data.tags["rnnlab.command"].startswith("python -m rnnlab data.years=0.12")
     assert "test MSE" in result.stdout and "persistence" in result.stdout and run.info.run_id in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db" in result.stdout
+    assert "cell" not in params and all(v != "None" for v in params.values())  # once each, only what applies
+    assert not any(k.startswith("trial.") for k in params)
+    steps = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in metrics}
+    # One step axis, the optimiser step (8 in all): epochs end at 4 and 8, the probe at 0, final metrics at the end.
+    assert all(set(s) <= set(range(9)) for s in steps.values())
+    assert steps["train_loss"] == [4, 8] and steps["test_mse"] == steps["wall_seconds"] == [8] and steps["log10_grad_h_first/l0"] == [0]
+    # The terminal has the table; the run folder's log has the epochs, the table and what tracking cost.
+    assert "in calls" not in result.stdout and "INFO" not in result.stdout + result.stderr
+    (log,) = Path(run.data.tags["rnnlab.output_dir"]).glob("*.log")
+    text = log.read_text()
+    assert "epoch 1/2: 4 steps" in text and "epoch 2/2: 4 steps" in text and run.info.run_id in text
+    assert re.search(r"tracking: [\d.]+ s in calls", text)
+    wall, first = map(float, re.search(r"wall time +([\d.]+) s \(the first step at ([\d.]+) s\)", result.stdout).groups())
+    assert 0 < first < wall
 
 
 def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(tracked_workdir):
@@ -49,6 +66,10 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(tracked_
     assert sorted(r.info.run_name for r in runs) == ["lstm-d2-h8-k0", "rnn-d2-h8-k0"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert not (tracked_workdir / "multirun").exists() and (tracked_workdir / "outputs" / "multirun").is_dir()
+    # Each job's start-up counts from its own start, not from the launch of the process the jobs share.
+    starts = [r.data.metrics["startup_seconds"] for r in runs]
+    walls = [r.data.metrics["wall_seconds"] for r in runs]
+    assert all(0 < s < w for s, w in zip(starts, walls)), (starts, walls)
 
 
 # As a user runs them: the cases that pass each stage of a command before Hydra's (the cheap
@@ -80,8 +101,16 @@ def test_help_lists_groups_and_options_without_importing_torch(workdir):
         "print('heavy:', sorted(m for m in ('torch', 'mlflow', 'hydra', 'numba', 'optuna') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, check=True).stdout
-    assert "cell:     cifg, esn, gru, gru_classic, indrnn, indrnn_li2018, lstm*, lstm_variant, peephole, rnn, transformer" in out and "train:    default*" in out
-    assert "depth: 4" in out and "heavy: []" in out
+    listed = re.findall(r"^  (\w+)(\*?) +(.+)$", out.split("== Config (")[0], flags=re.MULTILINE)
+    for group in ("cell", "data", "experiment", "sweep", "tracking", "train"):  # every option, with what it is
+        files = sorted(f.stem for f in (ROOT / "conf" / group).glob("*.yaml"))
+        assert set(files) <= {name for name, _, _ in listed}, group
+    described = {name: (mark, text) for name, mark, text in listed}
+    assert described["lstm"][0] == "*" and described["gru"][0] == "" and described["weather"][0] == "*"
+    assert described["indrnn"][1].startswith("IndRNN (Li et al. 2018)") and all(text.strip() for _, text in described.values())
+    config = out.split("== Config (")[1]
+    assert "depth: 4" in config and "heavy: []" in out
+    assert "trial:" not in config and "- sweep" not in config  # the sweeper's block and the defaults list are not the user's keys
 
 
 def test_cfg_job_prints_the_composed_config(workdir):
