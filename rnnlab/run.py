@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.config import Config, ConfigError, as_raw, config_hash, flatten, redact, sequence_steps
+
+log = logging.getLogger("rnnlab")
 
 OUTPUTS = Path("outputs")  # where runs, multiruns and the default MLflow store live (cwd-relative)
 
@@ -107,7 +110,7 @@ def prepare(config: Config, secrets: frozenset[str] | set[str] = frozenset(), ca
         runtime.check_memory(n_params, config.hidden_size, config.depth, 2 if config.bidirectional else 1,
                              config.train.batch_size, config.truncation or sequence_steps(config)[0], device)
         resume = resume_point(config.resume, flat, digest, config.tracking.uri if config.tracking.enabled else "")
-        check_params({**flat, "cell": config.cell.name, "n_params": n_params, "n_features": data.n_features})
+        check_params({**flat, "n_params": n_params, "n_features": data.n_features})
         if config.tracking.enabled:
             check_reachable(config.tracking.uri)
     except (ConfigError, DataError, TrackingError, ValueError) as e:
@@ -218,7 +221,6 @@ class _Run:
     def __init__(self, prepared: Prepared, hooks: Hooks, output_dir: Path, command: str, launched: float, writer: Any) -> None:
         self.p, self.config, self.hooks, self.output_dir = prepared, prepared.config, hooks, output_dir
         self.command, self.launched, self.writer = command, launched, writer
-        self.started = time.perf_counter()
         self.first_step: float | None = None
         self.last_state: Any = None  # the latest saved TrainState, marked finished at the end
         self.lyapunov_end: Any = None  # (layers, k) exponents of the trained model, when probe.lyapunov.when=end
@@ -272,7 +274,11 @@ class _Run:
             trial.record_run(self.tracker.run_id)
         if stopped is not None:
             raise stopped
-        print(report(self.config, self.p, self.name, result, final, self.tracker, self.output_dir))
+        table = report(self.config, self.p, self.name, result, final, self.tracker, self.output_dir)
+        print(table)
+        log.info("summary\n%s", table)  # the run folder's log file (Hydra's) keeps it, with what tracking cost
+        if self.tracker.run_id:
+            log.info("tracking: %s", _tracking_cost(self.tracker))
         probes = list(self.probe.records) if self.probe is not None else []
         return Result(
             {"val_loss": result.best_val_loss, "n_params": float(self.p.n_params), **final}, status,
@@ -300,7 +306,7 @@ class _Run:
         except TrackingError as e:
             raise RunError(str(e)) from None
         if self.p.resume is None:  # a resumed run has them (MLflow params never change)
-            tracker.log_params({**run_params(self.p.flat, c), "cell": c.cell.name, "n_params": self.p.n_params,
+            tracker.log_params({**run_params(self.p.flat, c), "n_params": self.p.n_params,
                                 "n_features": self.p.data.n_features})
         return tracker
 
@@ -450,7 +456,7 @@ class _Run:
         final.update({
             "best_val_loss": result.best_val_loss,
             "startup_seconds": self.first_step if self.first_step is not None else float("nan"),
-            "wall_seconds": time.perf_counter() - self.started,
+            "wall_seconds": time.perf_counter() - self.launched,  # from where startup_seconds counts
         })
         self.tracker.log_metrics(final, result.steps)
         return final
@@ -562,18 +568,13 @@ def report(config: Config, p: Prepared, name: str, result: Any, final: dict[str,
     rows += [
         ("parameters", f"{p.n_params:,}"),
         ("epochs", f"{result.epochs_run} (best {result.best_epoch}), {result.steps:,} steps"),
-        ("wall time", f"{final['wall_seconds']:.1f} s (first step {final['startup_seconds']:.1f} s after launch)"),
+        ("wall time", f"{final['wall_seconds']:.1f} s (the first step at {final['startup_seconds']:.1f} s)"),
         ("output dir", str(output_dir)),
     ]
     if tracker.run_id:
-        from rnnlab.tracking import ui_command
+        from rnnlab.tracking import ui_rows
 
-        rows += [
-            ("run id", tracker.run_id),
-            ("open the UI", ui_command(config.tracking.uri)),
-            ("", f"then http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"),
-            ("tracking", _tracking_cost(tracker)),
-        ]
+        rows += [("run id", tracker.run_id), *ui_rows(config.tracking.uri, tracker.experiment_id, tracker.run_id)]
     return summary(rows, f"rnnlab run {name}")
 
 

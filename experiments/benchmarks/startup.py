@@ -27,7 +27,7 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def first_step(out: str) -> float:
-    return float(re.search(r"first step ([\d.]+) s after launch", out).group(1))
+    return float(re.search(r"the first step at ([\d.]+) s", out).group(1))
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ from typing import Any
 
 
 def one_run(variant: str, folder: Path, epochs: int, threads: int, code: str | None, store: Path | None) -> dict[str, float]:
-    """One default run in a fresh process; wall and CPU seconds, plus the summary's tracking row.
+    """One default run in a fresh process; wall and CPU seconds, plus the tracking line of its log file.
     ``store``: the SQLite file every run shares (as outputs/mlflow.db is), or None for a new one."""
     folder.mkdir()
     cmd = [sys.executable, "-m", "rnnlab", "quiet=true", f"hydra.run.dir={folder}/run", f"train.epochs={epochs}"]
@@ -84,8 +84,9 @@ def one_run(variant: str, folder: Path, epochs: int, threads: int, code: str | N
     if out.returncode != 0:
         raise SystemExit(f"{variant} run failed ({out.returncode}):\n{out.stderr[-3000:]}")
     row = {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
-    found = re.search(r"tracking\s+([\d.]+) s in calls, ([\d.]+) s in finish, writer ([\d.]+) s CPU"
-                      r" \(([\d.]+) s before the run opened\)", out.stdout)
+    log = folder / "run" / "__main__.log"  # the run's log file keeps the tracking line (the terminal does not)
+    found = re.search(r"tracking: ([\d.]+) s in calls, ([\d.]+) s in finish, writer ([\d.]+) s CPU"
+                      r" \(([\d.]+) s before the run opened\)", log.read_text() if log.is_file() else "")
     if found:
         calls, finish, writer, early = (float(g) for g in found.groups())
         # The most tracking can have cost: the trainer's own time in it, plus every CPU second

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.tracking.recovery import SPOOL
-from rnnlab.tracking.store import TrackingError, check_params, check_reachable, local_store_dir, ui_command
+from rnnlab.tracking.store import TrackingError, check_params, check_reachable, local_store_dir, ui_rows
 from rnnlab.tracking.writer import BATCH_SECONDS, Writer
 
 __all__ = [
-    "NullTracker", "Tracker", "TrackingError", "check_params", "check_reachable", "local_store_dir", "ui_command",
+    "NullTracker", "Tracker", "TrackingError", "check_params", "check_reachable", "local_store_dir", "ui_rows",
 ]
 
 

@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 MAX_METRICS_PER_CALL = 1000  # MLflow's limit for one log_batch
 MAX_PARAMS_PER_CALL = 100
@@ -104,9 +104,14 @@ def check_reachable(uri: str, create: bool = False) -> None:
             raise TrackingError(f"tracking.uri={uri!r}: cannot connect to {url.hostname}:{port} ({e})") from None
 
 
-def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on this store."""
-    return f"mlflow ui --backend-store-uri {uri}" if uri.startswith(("sqlite:", "postgresql", "mysql")) else uri
+def ui_rows(uri: str, experiment_id: str, run_id: str) -> list[tuple[str, str]]:
+    """Where to look at a run: a tracking server's own address, or the command that opens the
+    UI on a database store (``mlflow ui`` serves on port 5000 unless told otherwise)."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        server = urlsplit(uri)._replace(netloc=urlsplit(uri).netloc.rpartition("@")[2])  # never print a password
+        return [("open the UI", f"{urlunsplit(server).rstrip('/')}/{path}")]
+    return [("open the UI", f"mlflow ui --backend-store-uri {uri}"), ("", f"then http://127.0.0.1:5000/{path}")]
 
 
 def one_line(error: BaseException) -> str:
