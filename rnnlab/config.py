@@ -133,7 +133,7 @@ class Config:
     truncation: int = _bounded(0, ge=0)  # truncated BPTT length k; 0 = full BPTT
     seed: int = _bounded(0, ge=0, lt=2**32)  # numpy's and torch's seeds are 32-bit
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    allocator: Literal["tuned", "system"] = "tuned"  # tuned: no per-step mmap/munmap (see README)
+    allocator: Literal["tuned", "system"] = "tuned"  # tuned: no per-step mmap/munmap (docs/internals.md)
     quiet: bool = False  # no progress bar (sweeps)
     resume: str | None = None  # a checkpoint file or folder, a run id, or auto (see README)
     trial: TrialConfig = field(default_factory=TrialConfig)  # set by the sweeper
