@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _rows_and_panels(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]], dict[int, dict[str, Any]]]:
     """The table's header, one row per run (its full run id first, then its name, short id,
-    cell, depth, the params that differ across ``runs``, and what was measured), and per layer
+    cell, depth, the params that differ between runs of one cell, and what was measured), and per layer
     the decay curve of each run's last probe (the forward direction): {layer: {run id: (T,)
     log10 norms}}. Per layer the row gives the vanishing factor, the fitted decay rate (decades
     per step) with its R^2 and the top Lyapunov exponent (ln per step; its log10 is comparable
@@ -83,8 +83,13 @@ def _rows_and_panels(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[A
 
     from rnnlab.probe import decay_fit, load_records
 
+    # The params that differ between runs of one cell: the rest (cell.chrono, n_params across
+    # cells) only repeat what the cell column says.
     keys = sorted({k for run in runs for k in run["params"]} - set(SHOWN))
-    differ = [k for k in keys if len({run["params"].get(k) for run in runs}) > 1]
+    cells: dict[str, list[dict[str, str]]] = {}
+    for run in runs:
+        cells.setdefault(_cell(run["params"]), []).append(run["params"])
+    differ = [k for k in keys if any(len({p.get(k) for p in group}) > 1 for group in cells.values())]
     rows, panels = [], {}
     for run in runs:
         arrays = load_records(run["gradients"])
@@ -110,10 +115,14 @@ def _rows_and_panels(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[A
             rates.append(f"{rate:+.3f} ({r2:.2f})" if np.isfinite(rate) else "-")
             exponents.append(f"{top[layer]:+.3f}" if top is not None and np.isfinite(top[layer]) else "-")
         m, p = run["metrics"], run["params"]
-        rows.append([run_id, run["name"] or "run", run_id[:8], p.get("cell.name", p.get("cell", "?")), p.get("depth", "?"),
+        rows.append([run_id, run["name"] or "run", run_id[:8], _cell(p), p.get("depth", "?"),
                      *(p.get(k, "-") for k in differ), " ".join(factors), " ".join(rates), " ".join(exponents),
                      f"{m.get('clip_rate', float('nan')):.2f}", f"{m.get('best_val_loss', float('nan')):.5f}"])
     return ["run id (full)", "run", "run id", "cell", "depth", *differ, *MEASURED], rows, panels
+
+
+def _cell(params: dict[str, str]) -> str:
+    return params.get("cell.name", params.get("cell", "?"))
 
 
 def _write_page(page: Path, header: list[str], rows: list[list[Any]], colors: dict[str, str], drawings: list[str]) -> Path:
