@@ -137,7 +137,7 @@ def _write_page(page: Path, header: list[str], rows: list[list[Any]], colors: di
     page.write_text(
         "<!doctype html><html lang='en'><meta charset='utf-8'><title>rnnlab: gradient comparison</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}"
-        "figure{margin:1em 0}svg{max-width:100%;height:auto}"
+        "td{white-space:nowrap}figure{margin:1em 0}svg{width:100%;max-width:960px;height:auto}"
         ".swatch{display:inline-block;width:1.6em;height:0.9em;border-radius:2px}</style>"
         f"<h1>Gradient decay: {len(rows)} run(s)</h1>"
         f"<table><tr><th></th>{''.join(f'<th>{html.escape(h)}</th>' for h in header[1:])}</tr>{cells}</table>"
