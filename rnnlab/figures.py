@@ -69,7 +69,7 @@ def plot_gradient_heatmaps(log_dh: Any, steps: Any, path: Path, title: str = "")
     finite = log_dh[np.isfinite(log_dh)]
     low, high = (finite.min(), finite.max()) if finite.size else (-1, 0)
     # Drawn as the stack is: layer 0, the one the input enters, in the bottom row.
-    labels = [f"{l}{' (input)' if l == 0 and layers > 1 else ''}{' back' if d else ''}"
+    labels = [f"{l} backward" if d else f"{l}{' (input)' if l == 0 and layers > 1 else ''}"
               for l in range(layers) for d in range(directions)]
     for ax, p in zip(axes[:, 0], picks):
         rows = np.where(np.isfinite(log_dh[p]), log_dh[p], np.nan).reshape(-1, log_dh.shape[-1])  # (layers x directions, T)
