@@ -122,3 +122,26 @@ print(json.dumps({{"backend": matplotlib.get_backend(), "pyplot": "matplotlib.py
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     assert seen == {"backend": "svg", "pyplot": False, "pngs": [True] * 8}
+
+
+@pytest.mark.slow
+def test_a_runs_figures_name_the_run_and_the_forecasts_target_and_unit(tmp_path, monkeypatch):
+    from conftest import TINY
+    from rnnlab.compose import compose
+    from rnnlab.run import run
+
+    drawn = {}
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and save(fig, path))
+    run(compose([*TINY, "tracking=none", "probe.every=2", "tracking.run_name=tiny"]), output_dir=tmp_path / "weather")
+    assert set(drawn) == {"predictions.png", "gradient_heatmaps.png", "gradient_decay.png", "lyapunov.png"}
+    (ax,) = drawn["predictions.png"].axes
+    assert ax.get_ylabel() == "temperature (°C)" and ax.get_xlabel() == "time"
+    assert ax.get_title().startswith("tiny: 1-step forecast of temperature")
+    for name in ("gradient_decay.png", "lyapunov.png"):
+        assert drawn[name].axes[0].get_title().startswith("tiny: "), name
+    drawn.clear()
+    run(compose(["data=adding", "data.length=20", "data.n_train=64", "data.n_val=32", "data.n_test=32", "depth=1",
+                 "hidden_size=8", "train.epochs=1", "train.batch_size=32", "quiet=true", "tracking=none",
+                 "probe.every=1"]), output_dir=tmp_path / "adding")
+    assert "predictions.png" not in drawn and "gradient_decay.png" in drawn  # no time axis to forecast along
