@@ -490,10 +490,16 @@ class _Run:
         axis = data.time[targets_at] if data.time is not None else targets_at
         model_pred = predict(self.model, data, "test", c.train.eval_batch_size, self.p.device)[stretch]
         persistence = data.baselines("test")["persistence"][stretch]
+        # The plot is in the target's own units (unscaled); the datasets rnnlab makes or ships
+        # know theirs, a user's column (csv, jena's "T (degC)") carries its own name.
+        unit = {"weather": "°C", "co2": "ppmv", "sunspots": "yearly mean sunspot number"}.get(d.name)
         plot_predictions(
             axis, data.unscale(truth[stretch]),
             {self.name: data.unscale(model_pred), "persistence": data.unscale(persistence)},
-            self.output_dir / "predictions.png", f"{data.columns[0]}: test split, first {stretch.stop} windows",
+            self.output_dir / "predictions.png",
+            f"{self.name}: {d.horizon}-step forecast of {data.columns[0]}, test split (first {stretch.stop} windows)",
+            f"{data.columns[0]} ({unit})" if unit else data.columns[0],
+            "time" if data.time is not None else "time step of the series",
         )
         return "predictions.png"
 

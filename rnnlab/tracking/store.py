@@ -114,6 +114,15 @@ def ui_rows(uri: str, experiment_id: str, run_id: str) -> list[tuple[str, str]]:
     return [("open the UI", f"mlflow ui --backend-store-uri {uri}"), ("", f"then http://127.0.0.1:5000/{path}")]
 
 
+def ui_page(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (or of one run) on its training view.
+    MLflow 3.17's UI opens every experiment in its GenAI view (traces) unless the address asks
+    for ``workflowType=machine_learning`` (or the browser remembers the user's last switch): the
+    experiment's ``mlflow.experimentKind`` tag is not consulted while that switch exists."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
 def one_line(error: BaseException) -> str:
     """An exception as one short line (MLflow's messages span lines and quote whole requests)."""
     text = " ".join(str(error).split()) or type(error).__name__

@@ -63,8 +63,9 @@ WRITER_NICENESS = 10  # the writer's work is never urgent until the end, when th
 HEARTBEAT_SECONDS = 30.0  # the writer stamps rnnlab.heartbeat this often while the trainer lives
 RETRY_SECONDS = 5.0  # how often the writer retries a store that went away
 
-# MLflow 3's UI opens an experiment by its kind: without this tag it guesses GenAI (a Traces
-# overview and "Evaluations"); "custom_model_development" is its model-training view. A kind
+# MLflow 3 records what an experiment is for: "custom_model_development" is model training.
+# MLflow 3.17's own UI opens the view its GenAI / Model training switch names, whatever the
+# tag says, so the links rnnlab prints ask for the training view (store.ui_page). A kind
 # someone set by hand is left alone.
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 
