@@ -1,7 +1,7 @@
 """Compare the gradient picture of several runs.
 
     python -m rnnlab.compare                                   # every run of experiment rnnlab
-    python -m rnnlab.compare --filter "params.cell IN ('rnn', 'lstm')" --experiment rnnlab
+    python -m rnnlab.compare --filter "params.`cell.name` IN ('rnn', 'lstm')" --experiment rnnlab
     python -m rnnlab.compare --uri sqlite:///outputs/mlflow.db --out outputs/compare
 
 Reads each run's gradients.npz artifact (written by the probe), overlays the decay curves
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rnnlab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"))
     parser.add_argument("--experiment", default="rnnlab")
-    parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"params.cell IN ('rnn', 'lstm')\"")
+    parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"params.`cell.name` IN ('rnn', 'lstm')\"")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args(argv)
 

@@ -427,8 +427,8 @@ def test_files_the_artifact_disk_refuses_leave_the_run_finished_and_are_uploaded
 def test_the_ui_link_points_at_the_tracking_server_a_run_used_or_at_mlflow_ui_for_a_store():
     from rnnlab.tracking import ui_rows
 
-    assert ui_rows("http://127.0.0.1:5313/", "3", "abc") == [("open the UI", "http://127.0.0.1:5313/#/experiments/3/runs/abc")]
-    assert ui_rows("https://ann:hunter2@mlflow.lab:8443", "3", "abc")[0][1] == "https://mlflow.lab:8443/#/experiments/3/runs/abc"
+    assert ui_rows("http://127.0.0.1:5313/", "3", "abc") == [("open the UI", "http://127.0.0.1:5313/#/experiments/3/runs/abc?workflowType=machine_learning")]
+    assert ui_rows("https://ann:hunter2@mlflow.lab:8443", "3", "abc")[0][1] == "https://mlflow.lab:8443/#/experiments/3/runs/abc?workflowType=machine_learning"
     rows = ui_rows("postgresql://u@db/mlflow", "1", "r")
     assert rows == [("open the UI", "mlflow ui --backend-store-uri postgresql://u@db/mlflow"),
-                    ("", "then http://127.0.0.1:5000/#/experiments/1/runs/r")]
+                    ("", "then http://127.0.0.1:5000/#/experiments/1/runs/r?workflowType=machine_learning")]

@@ -105,13 +105,13 @@ def check_reachable(uri: str, create: bool = False) -> None:
 
 
 def ui_rows(uri: str, experiment_id: str, run_id: str) -> list[tuple[str, str]]:
-    """Where to look at a run: a tracking server's own address, or the command that opens the
-    UI on a database store (``mlflow ui`` serves on port 5000 unless told otherwise)."""
-    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    """Where to look at a run, on the UI's training view (ui_page): a tracking server's own
+    address, or the command that opens the UI on a store (``mlflow ui`` serves on port 5000)."""
     if uri.startswith(("http://", "https://")):
         server = urlsplit(uri)._replace(netloc=urlsplit(uri).netloc.rpartition("@")[2])  # never print a password
-        return [("open the UI", f"{urlunsplit(server).rstrip('/')}/{path}")]
-    return [("open the UI", f"mlflow ui --backend-store-uri {uri}"), ("", f"then http://127.0.0.1:5000/{path}")]
+        return [("open the UI", ui_page(urlunsplit(server), experiment_id, run_id))]
+    return [("open the UI", f"mlflow ui --backend-store-uri {uri}"),
+            ("", f"then {ui_page('http://127.0.0.1:5000', experiment_id, run_id)}")]
 
 
 def ui_page(base: str, experiment_id: str, run_id: str | None = None) -> str:
