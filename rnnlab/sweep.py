@@ -54,6 +54,11 @@ class SweepError(ValueError):
     """Bad sweep input or an unusable storage; the message is one line, ready for the user."""
 
 
+class JobLost(RuntimeError):
+    """A launcher's job ended without a result (cancelled, its node failed): the trial is
+    recorded FAIL with this reason and retried once."""
+
+
 def check_job(raw: dict[str, Any], cache: dict[str, Any] | None = None) -> None:
     """A composed job config (plain dict) must pass what the entry point checks for every job
     of a command (rnnlab.compose.check_jobs: the schema, then the cell, data and paths). The
@@ -487,7 +492,10 @@ def record(heartbeat: Heartbeat, trial: optuna.Trial, outcome: Any, objectives: 
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return "PRUNED"
     if isinstance(outcome, BaseException):
-        fail_trial(study, storage, trial.number, f"{type(outcome).__name__}: {_one_line(outcome)}")
+        # A job lost to its cluster, or stopped by a signal (scancel) after a checkpoint, did
+        # not fail on its params: it gets its one retry, as a killed worker's trial does.
+        retry = isinstance(outcome, JobLost) or type(outcome).__name__ == "Stopped"
+        fail_trial(study, storage, trial.number, f"{type(outcome).__name__}: {_one_line(outcome)}", retry=retry)
         return "FAIL"
     try:
         values = [float(outcome[k]) for k in objectives]
@@ -564,7 +572,24 @@ def job_trial(cfg: Any) -> JobTrial | NullTrial:
     if not cfg.study:
         return NullTrial()
     share_cores(cfg.threads)
-    return JobTrial(cfg)
+    trial = JobTrial(cfg)
+    try:  # what the job runs on, for the dashboard and for checking a cluster's settings
+        trial.storage.set_trial_user_attr(trial.trial_id, THREADS_ATTR, threads_in_use())
+    except Exception as e:
+        print(f"rnnlab: warning: trial {cfg.number}: could not record its threads: {e}", file=sys.stderr)
+    return trial
+
+
+THREADS_ATTR = "threads"  # a trial's user attribute: torch's threads and the BLAS/Numba settings of its job
+
+
+def threads_in_use() -> dict[str, Any]:
+    """This process's torch intra-op threads and the environment that sets OpenMP's, MKL's
+    and Numba's (read at their import), as a job of a sweep runs with them."""
+    import torch
+
+    return {"torch": torch.get_num_threads(),
+            **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
 
 
 def share_cores(threads: int) -> None:

@@ -182,6 +182,7 @@ class OptunaSweeper(Sweeper):
         except SweepError as e:
             fail(str(e))
         self.in_process, self.own_cpus = _launcher_runs(settings)
+        self.launcher_settings = settings
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -201,6 +202,10 @@ class OptunaSweeper(Sweeper):
             fail(f"hydra.sweeper.balance={self.balance!r} is not a choice(...) of the search space "
                  f"(allowed: {', '.join(keys) if keys else 'none: the space has no choice(...)'})")
         self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
+        preflight = getattr(self.launcher, "preflight", None)  # a cluster's launcher: its partition, GPUs
+        why = preflight() if preflight is not None else None
+        if why:
+            fail(why)
         cache: dict[str, Any] = {}  # the checks' data, loaded once per data section
         job_cfg = self._compose(fixed, space, None, cache)
         for key, d in space.items():  # each choice and each bound, the others at their first value
@@ -398,7 +403,9 @@ class OptunaSweeper(Sweeper):
         if self.threads_per_trial:
             return self.threads_per_trial
         if self.own_cpus:
-            return 0  # a Slurm job gets its own cpus_per_task; torch's default fits them
+            # A Slurm job's own cpus_per_task. Not torch's default: where Slurm does not bind
+            # tasks to their CPUs (TaskPlugin=task/none), torch saw every core of the node.
+            return int(self.launcher_settings.get("cpus_per_task") or 0)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // self.n_jobs)
 
