@@ -140,7 +140,7 @@ def test_two_workers_on_slurm_share_one_study_and_one_parent_run_and_draw_differ
     name = f"slurm-{uuid.uuid4().hex[:8]}"
     names.append(name)
     args = [*SWEEP, *tracked(server), f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={name}",
-            "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", LR, "dropout=interval(0,0.3)"]
+            "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none", LR, "dropout=interval(0,0.3)"]
     workers = [start(args, tmp_path, cluster) for _ in range(2)]
     errors = [finish(w, cluster, timeout=300) for w in workers]
     study = optuna.load_study(study_name=name, storage=url)
@@ -183,7 +183,7 @@ def test_a_cancelled_trial_fails_with_its_reason_is_retried_and_its_run_is_not_l
     names.append(name)
     args = [*SWEEP, *tracked(server), f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={name}",
             "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.importance=false",
-            "train.epochs=40", "train.patience=0", "train.steps_per_epoch=0", LR]
+            "hydra/sweeper/pruner=none", "train.epochs=15", "train.patience=0", "train.steps_per_epoch=0", LR]
     proc = start(args, tmp_path, cluster)
 
     def training() -> bool:  # trial 0's job has reported an epoch
@@ -215,7 +215,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_resumes_as_one_run_and_o
     url, names = study_url
     name = f"requeue-{uuid.uuid4().hex[:8]}"
     names.append(name)
-    job = ["train.epochs=30", "train.patience=0", "train.steps_per_epoch=0", "train.lr=choice(0.003)",
+    job = ["train.epochs=15", "train.patience=0", "train.steps_per_epoch=0", "train.lr=choice(0.003)",
            "hydra.sweeper.n_trials=1", "hydra.sweeper.importance=false"]
     args = [*SWEEP, *tracked(server), *job, f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={name}"]
     (tmp_path / "slurm").mkdir()
@@ -253,19 +253,26 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_resumes_as_one_run_and_o
 # ------------------------------------------------------------------- bad cluster settings
 
 
-@pytest.mark.parametrize("setting,message", [
+BAD = [  # a setting, and the one line it must give
     (["hydra.launcher.partition=nosuch"], "hydra.launcher.partition='nosuch' is not a partition of this cluster (allowed: debug)"),
     (["hydra.launcher.gpus_per_task=1"], "hydra.launcher.gpus_per_task=1: partition 'debug' has no GPUs"),
     (["hydra.sweeper.storage=postgresql://postgres@127.0.0.1:1/none"], "storage='postgresql://postgres@127.0.0.1:1/none' cannot be used"),
-])
-def test_a_bad_cluster_setting_is_one_line_before_any_job_study_or_run_exists(cluster, server, setting, message, tmp_path):
+]
+
+
+def test_a_bad_cluster_setting_is_one_line_before_any_job_study_or_run_exists(cluster, server, tmp_path):
     before = cluster.squeue()
-    result = run_cli([*SWEEP, *tracked(server), "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=bad", LR, *setting],
-                     tmp_path, env={"SLURM_CONF": cluster.env["SLURM_CONF"]})
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    procs = []
+    for i, (setting, _) in enumerate(BAD):  # side by side: each is a CLI start-up
+        (tmp_path / str(i)).mkdir()
+        procs.append(start([*SWEEP, *tracked(server), "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=bad", LR,
+                            *setting], tmp_path / str(i), cluster))
+    for i, (proc, (setting, message)) in enumerate(zip(procs, BAD)):
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 2, err[-2000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], err
+        assert not (tmp_path / str(i) / "outputs" / "optuna.journal").exists()
+        assert not list((tmp_path / str(i)).glob("outputs/multirun/*/*/.submitit"))
     assert cluster.squeue() == before
-    assert not (tmp_path / "outputs" / "optuna.journal").exists()
-    assert not list(tmp_path.glob("outputs/multirun/*/*/.submitit"))
     assert runs_of(server, "bad") == []

@@ -847,3 +847,26 @@ def test_two_workers_started_at_once_draw_different_trials_and_one_alone_repeats
     assert len(set(two)) == 8, two
     alone = [draw(f"alone-{tag}-{i}", 1) for i in range(2)]
     assert alone[0] == alone[1] and len(set(alone[0])) == 8
+
+
+def test_a_default_study_name_reads_task_cell_and_keys_and_an_old_hashed_study_still_resumes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import _default_name
+
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    cfg = OmegaConf.create({"data": {"name": "co2"}, "cell": {"name": "gru"}})
+    space = {"train.lr": FloatDistribution(1e-4, 1e-2, log=True), "depth": IntDistribution(1, 3)}
+    name = _default_name(["hidden_size=8"], space, cfg, storage)
+    assert name.startswith("co2-gru-depth+lr-") and len(name.rsplit("-", 1)[1]) == 8
+    assert _default_name(["hidden_size=8"], space, cfg, storage) == name  # the same command, the same study
+    assert _default_name(["hidden_size=16"], space, cfg, storage) != name
+    swept = _default_name([], {**space, "cell": CategoricalDistribution(["rnn", "gru"])}, cfg, storage)
+    assert swept.startswith("co2-cell+depth+lr-")  # the cell swept: not named by one of its choices
+    # A study named as rnnlab named them before (sweep-<sha1[:10]>) is found by the same command.
+    import hashlib
+
+    text = json.dumps([sorted(["hidden_size=8"]), sorted((k, repr(d)) for k, d in space.items())])
+    old = "sweep-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    sweep.load_or_create_study(storage, old, ["minimize"], {})
+    assert _default_name(["hidden_size=8"], space, cfg, storage) == old

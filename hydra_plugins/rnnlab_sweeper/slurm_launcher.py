@@ -18,6 +18,7 @@ submitit is imported lazily, as in the parent class: Hydra imports this module a
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -36,6 +37,7 @@ RESUME = "resume=auto"
 # rnnlab's exit status after a signal stopped it is 143 (128 + SIGTERM's 15); sacct reports a
 # batch job that exited 143 as ExitCode 15:0 (Slurm 22.05), an srun step's as 143.
 STOPPED = (143, 15)
+POLL_S = 5.0  # seconds between the sweeper's sacct calls for the job it waits on
 
 
 class RnnlabSlurmLauncher(SlurmLauncher):  # type: ignore[misc, valid-type]
@@ -115,6 +117,10 @@ class RnnlabSlurmLauncher(SlurmLauncher):  # type: ignore[misc, valid-type]
         for job, (overrides, *rest) in zip(jobs, job_params):
             resubmitted = 0
             while True:
+                # submitit asks sacct less and less often (every 60 s after 2 min): a job lost
+                # to scancel, that never writes a result, was seen up to a minute late.
+                while not job.done(force_check=True):
+                    time.sleep(POLL_S)
                 try:
                     returns.append(job.results()[0])
                     break
