@@ -458,6 +458,9 @@ def claim(heartbeat: Heartbeat, distributions: dict[str, Any], sampler_for: Any 
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     study = heartbeat.study
+    if sampler_for is not None:  # the number ask will give unless another worker asks first:
+        # a sampler that decides in before_trial (grid: which point) draws from that trial's seed
+        study.sampler = sampler_for(len(study.get_trials(deepcopy=False)))
     trial = study.ask()
     if sampler_for is not None:
         study.sampler = sampler_for(trial.number)

@@ -202,7 +202,7 @@ class OptunaSweeper(Sweeper):
             fail(f"hydra.sweeper.balance={self.balance!r} is not a choice(...) of the search space "
                  f"(allowed: {', '.join(keys) if keys else 'none: the space has no choice(...)'})")
         self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
-        preflight = getattr(self.launcher, "preflight", None)  # a cluster's launcher: its partition, GPUs
+        preflight = getattr(getattr(self, "launcher", None), "preflight", None)  # a cluster's launcher: partition, GPUs
         why = preflight() if preflight is not None else None
         if why:
             fail(why)
@@ -297,8 +297,10 @@ class OptunaSweeper(Sweeper):
             study = S.load_or_create_study(self.storage, name, self.directions, described, metrics=self.objectives)
         except S.SweepError as e:
             fail(str(e))
-        # The sampler is seeded per trial, from the trial's number (see rnnlab.sweep.trial_seed).
-        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self._sampler(space, 0),
+        # The sampler is seeded per trial, from the trial's number (see rnnlab.sweep.trial_seed;
+        # grid: once per worker, from the trials it finds, see _loop).
+        first = len(study.trials) if self.sampler_spec["name"] == "grid" else 0
+        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self._sampler(space, first),
                                   pruner=S.build("pruner", self.pruner_spec, "hydra.sweeper.pruner"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         parent = self._parent_run(study, job_cfg, sweep_dir)
@@ -328,6 +330,11 @@ class OptunaSweeper(Sweeper):
         from rnnlab import sweep as S
 
         batch_max = 1 if self.in_process else self.n_jobs  # in this process: one job after another
+        # Seeded per trial (rnnlab.sweep.trial_seed), except grid: it picks an unvisited point of
+        # the grid, which the study knows (running ones included), and re-picks a failed one; its
+        # one seeded stream per worker keeps that re-pick from repeating the same point.
+        grid = self.sampler_spec["name"] == "grid"
+        sampler_for = None if grid else (lambda n: self._sampler(space, n))
         while True:
             S.reap(study, self.storage, self.grace_period)
             c = S.count(study)
@@ -346,7 +353,7 @@ class OptunaSweeper(Sweeper):
             for _ in range(size):
                 if self.balance is not None and S.count(study).waiting == 0:  # a retry keeps its own params
                     S.enqueue_balanced(study, self.balance, space[self.balance].choices)
-                trials.append(S.claim(heartbeat, space, sampler_for=lambda n: self._sampler(space, n)))
+                trials.append(S.claim(heartbeat, space, sampler_for=sampler_for))
             self._run_batch(study, trials, common, heartbeat)
 
     def _run_batch(self, study: Any, trials: list[Any], common: list[str], heartbeat: Any) -> None:
@@ -384,12 +391,14 @@ class OptunaSweeper(Sweeper):
     # ---------------------------------------------------------------------------- pieces
     def _sampler(self, space: dict[str, Any], number: int) -> Any:
         """The sampler that draws trial ``number``: seeded from the configured seed and the
-        trial's number, so workers sharing a study draw different trials (a null seed: random)."""
+        trial's number, so workers sharing a study draw different trials (a null seed: random).
+        Grid's ``number`` is the count of trials its worker found when it started."""
         from rnnlab.sweep import SweepError, build, trial_seed
 
         spec = dict(self.sampler_spec)
-        if spec.get("seed") is not None:
-            spec["seed"] = trial_seed(int(spec["seed"]), number)
+        if spec.get("seed") is not None:  # grid: seed + the trials a worker found (one stream per worker)
+            seed = int(spec["seed"])
+            spec["seed"] = seed + number if spec["name"] == "grid" else trial_seed(seed, number)
         if spec["name"] == "grid":
             spec["search_space"] = {k: (list(d.choices) if hasattr(d, "choices") else
                                         list(_frange(d.low, d.high, d.step))) for k, d in space.items()}

@@ -119,8 +119,13 @@ class RnnlabSlurmLauncher(SlurmLauncher):  # type: ignore[misc, valid-type]
             while True:
                 # submitit asks sacct less and less often (every 60 s after 2 min): a job lost
                 # to scancel, that never writes a result, was seen up to a minute late.
-                while not job.done(force_check=True):
-                    time.sleep(POLL_S)
+                asked = time.monotonic()
+                while not job.done():  # its result file, and sacct on submitit's own schedule
+                    time.sleep(0.5)
+                    if time.monotonic() - asked > POLL_S:
+                        asked = time.monotonic()
+                        if job.done(force_check=True):
+                            break
                 try:
                     returns.append(job.results()[0])
                     break
