@@ -84,6 +84,10 @@ for _name, _node in SAMPLERS.items():
     cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="rnnlab")
 for _name, _node in PRUNERS.items():
     cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="rnnlab")
+# hydra/launcher=slurm's base config (rnnlab_slurm) and its class: rnnlab's entry point imports
+# this module by name (an editable install hides hydra_plugins from Hydra's scan), so the
+# launcher module is imported from here too, and its class registered in setup.
+from hydra_plugins.rnnlab_sweeper import slurm_launcher as _slurm  # noqa: E402  (light: submitit is lazy)
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -183,6 +187,8 @@ class OptunaSweeper(Sweeper):
             fail(str(e))
         self.in_process, self.own_cpus = _launcher_runs(settings)
         self.launcher_settings = settings
+        if isinstance(_slurm.RnnlabSlurmLauncher, type) and _slurm.SlurmQueueConf is not None:
+            Plugins.instance().register(_slurm.RnnlabSlurmLauncher)  # idempotent
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
