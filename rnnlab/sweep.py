@@ -47,10 +47,16 @@ HEARTBEAT = "heartbeat"  # system attr: unix time of the owning worker's last be
 WORKER = "worker"  # system attr: host:pid of the worker that claimed it
 SPACE = "rnnlab.search_space"  # study user attr: the space it was created with
 PARENT_RUN = "rnnlab.mlflow_parent_run"  # study user attr: the sweep's MLflow parent run
+CREATOR = "rnnlab.created_by"  # study user attr: host:pid of the worker whose create won
 
 
 class SweepError(ValueError):
     """Bad sweep input or an unusable storage; the message is one line, ready for the user."""
+
+
+class JobLost(RuntimeError):
+    """A launcher's job ended without a result (cancelled, its node failed): the trial is
+    recorded FAIL with this reason and retried once."""
 
 
 def check_job(raw: dict[str, Any], cache: dict[str, Any] | None = None) -> None:
@@ -272,6 +278,7 @@ def load_or_create_study(
         study = optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=list(directions)
         )
+        study.set_user_attr(CREATOR, worker_id())  # only one create wins: it alone makes the parent run
         study.set_user_attr(SPACE, space)
         if metrics:  # experimental in Optuna 3.2-5 (pinned < 6): its warning is not the user's business
             with warnings.catch_warnings():
@@ -421,13 +428,54 @@ def enqueue_balanced(study: optuna.Study, key: str, choices: Sequence[Any]) -> A
     return choice
 
 
-def claim(heartbeat: Heartbeat, distributions: dict[str, Any]) -> optuna.Trial:
-    """Ask the heartbeat's study for a trial (an enqueued retry first) and mark it as this
-    worker's: its host:pid and a first beat."""
-    trial = heartbeat.study.ask(distributions)
+def worker_id() -> str:
+    """This worker's name in the study: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number`` of a sweep seeded ``seed``.
+
+    Seeding per trial, not per worker: workers that start at once on one study (the README's
+    recipe) found the same number of trials, so a seed of seed + trials found gave each the
+    same stream, and 8 trials were 4 configurations twice. Trial numbers are unique in a study
+    (the storage hands them out), so every trial gets its own stream, on every storage, while a
+    worker alone draws the same sequence on every run of the same command."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def claim(heartbeat: Heartbeat, distributions: dict[str, Any], sampler_for: Any = None) -> optuna.Trial:
+    """Ask the heartbeat's study for a trial (an enqueued retry first), draw its params and
+    mark it as this worker's: its host:pid and a first beat. ``sampler_for(number)``: the
+    sampler to draw trial ``number`` with (seeded by trial_seed); the study's own if None.
+
+    The trial is created first and its params drawn after, through the trial's public
+    suggest methods, so that the sampler can be seeded by the trial's number (Optuna samples
+    relative params lazily, at the first suggest, with the study's sampler of that moment)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    study = heartbeat.study
+    if sampler_for is not None:  # the number ask will give unless another worker asks first:
+        # a sampler that decides in before_trial (grid: which point) draws from that trial's seed
+        study.sampler = sampler_for(len(study.get_trials(deepcopy=False)))
+    trial = study.ask()
+    if sampler_for is not None:
+        study.sampler = sampler_for(trial.number)
+    for name, d in distributions.items():
+        if isinstance(d, FloatDistribution):
+            trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, IntDistribution):
+            trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, CategoricalDistribution):
+            trial.suggest_categorical(name, d.choices)
+        else:
+            raise SweepError(f"{name}: {d!r} is not a distribution the sweeper draws")
     storage = heartbeat.storage
-    tid = trial_id(storage, heartbeat.study, trial.number)
-    storage.set_trial_system_attr(tid, WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    tid = trial_id(storage, study, trial.number)
+    storage.set_trial_system_attr(tid, WORKER, worker_id())
     storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
     heartbeat.trials[trial.number] = tid
     return trial
@@ -447,7 +495,10 @@ def record(heartbeat: Heartbeat, trial: optuna.Trial, outcome: Any, objectives: 
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return "PRUNED"
     if isinstance(outcome, BaseException):
-        fail_trial(study, storage, trial.number, f"{type(outcome).__name__}: {_one_line(outcome)}")
+        # A job lost to its cluster, or stopped by a signal (scancel) after a checkpoint, did
+        # not fail on its params: it gets its one retry, as a killed worker's trial does.
+        retry = isinstance(outcome, JobLost) or type(outcome).__name__ == "Stopped"
+        fail_trial(study, storage, trial.number, f"{type(outcome).__name__}: {_one_line(outcome)}", retry=retry)
         return "FAIL"
     try:
         values = [float(outcome[k]) for k in objectives]
@@ -524,7 +575,24 @@ def job_trial(cfg: Any) -> JobTrial | NullTrial:
     if not cfg.study:
         return NullTrial()
     share_cores(cfg.threads)
-    return JobTrial(cfg)
+    trial = JobTrial(cfg)
+    try:  # what the job runs on, for the dashboard and for checking a cluster's settings
+        trial.storage.set_trial_user_attr(trial.trial_id, THREADS_ATTR, threads_in_use())
+    except Exception as e:
+        print(f"rnnlab: warning: trial {cfg.number}: could not record its threads: {e}", file=sys.stderr)
+    return trial
+
+
+THREADS_ATTR = "threads"  # a trial's user attribute: torch's threads and the BLAS/Numba settings of its job
+
+
+def threads_in_use() -> dict[str, Any]:
+    """This process's torch intra-op threads and the environment that sets OpenMP's, MKL's
+    and Numba's (read at their import), as a job of a sweep runs with them."""
+    import torch
+
+    return {"torch": torch.get_num_threads(),
+            **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
 
 
 def share_cores(threads: int) -> None:

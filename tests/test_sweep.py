@@ -124,7 +124,7 @@ def test_every_ready_sampler_builds_seeded_and_grid_gets_its_space_from_the_over
     sweeper = OptunaSweeper(SAMPLERS[name], {}, "minimize", None, None, 1, 1, None, 0.25, None, ["val_loss"],
                             5, 30, 0, 0, True)
     space = {"depth": IntDistribution(1, 3), "cell": CategoricalDistribution(["rnn", "gru"])}
-    sampler = sweeper._sampler(space, offset=2)
+    sampler = sweeper._sampler(space, 2)
     assert type(sampler).__name__ == sweep.SAMPLER_CLASSES[name]
     if name == "grid":
         assert sampler._search_space == {"cell": ["rnn", "gru"], "depth": [1, 2, 3]}
@@ -792,3 +792,81 @@ def test_a_new_study_names_its_objectives_for_the_dashboard_and_a_resumed_one_ke
     again = sweep.load_or_create_study(sweep.open_storage(str(tmp_path / "j")), "s", ["minimize", "minimize"], {})
     assert again.metric_names == ["val_loss", "n_params"]
     assert sweep.load_or_create_study(storage, "unnamed", ["minimize"], {}).metric_names is None
+
+
+def _storage_url(kind: str, tmp_path: Path) -> str:
+    if kind == "journal":
+        return str(tmp_path / "optuna.journal")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/optuna.db"
+    reason = _postgres_reachable() if kind == "postgres" else _mysql_reachable()
+    if reason is not None:
+        pytest.skip(reason)
+    return POSTGRES if kind == "postgres" else MYSQL
+
+
+# Every sampler on the journal, every storage with TPE: the seed comes from the trial number,
+# which every storage hands out once per study (the full 4 x 4 took 65 s here for no more).
+@pytest.mark.parametrize("name,storage_kind", [*[(n, "journal") for n in ("tpe", "random", "cmaes", "nsgaii")],
+                                               *[("tpe", k) for k in ("sqlite", "postgres", "mysql")]])
+def test_two_workers_started_at_once_draw_different_trials_and_one_alone_repeats_itself(name, storage_kind, tmp_path):
+    # The README's recipe: a study made first, then two workers that find it empty at the same
+    # moment. Seeded by what they found (seed + 0 trials), both drew one stream: trial k of one
+    # worker equalled trial k of the other, 8 trials for 4 configurations.
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import SAMPLERS
+
+    if name == "cmaes":
+        pytest.importorskip("cmaes", reason="pip install 'rnnlab[cmaes]'")
+    url = _storage_url(storage_kind, tmp_path)
+    space = {"train.lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.5)}
+
+    def draw(study_name: str, workers: int) -> list[tuple[float, float]]:
+        storage = sweep.open_storage(url)
+        sweep.load_or_create_study(storage, study_name, ["minimize"], {})
+        sweeper = a_sweeper(sampler=SAMPLERS[name])
+        sweeper._check_settings()
+        studies = [optuna.load_study(study_name=study_name, storage=sweep.open_storage(url), sampler=sweeper._sampler(space, 0))
+                   for _ in range(workers)]
+        beats = [sweep.Heartbeat(s, s._storage, 60, 600) for s in studies]
+        drawn = []
+        try:
+            for _ in range(8 // workers):
+                trials = [sweep.claim(b, space, sampler_for=lambda n: sweeper._sampler(space, n)) for b in beats]
+                for b, t in zip(beats, trials):  # both asked before either told, as at once
+                    b.study.tell(t, t.params["train.lr"] * 100 + t.params["dropout"])
+                    drawn.append((t.params["train.lr"], t.params["dropout"]))
+        finally:
+            for b in beats:
+                b.close()
+        if storage_kind in ("postgres", "mysql"):
+            optuna.delete_study(study_name=study_name, storage=url)
+        return drawn
+
+    tag = uuid.uuid4().hex[:8]
+    two = draw(f"two-{tag}", 2)
+    assert len(set(two)) == 8, two
+    alone = [draw(f"alone-{tag}-{i}", 1) for i in range(2)]
+    assert alone[0] == alone[1] and len(set(alone[0])) == 8
+
+
+def test_a_default_study_name_reads_task_cell_and_keys_and_an_old_hashed_study_still_resumes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.rnnlab_sweeper.optuna_sweeper import _default_name
+
+    storage = sweep.open_storage(str(tmp_path / "j"))
+    cfg = OmegaConf.create({"data": {"name": "co2"}, "cell": {"name": "gru"}})
+    space = {"train.lr": FloatDistribution(1e-4, 1e-2, log=True), "depth": IntDistribution(1, 3)}
+    name = _default_name(["hidden_size=8"], space, cfg, storage)
+    assert name.startswith("co2-gru-depth+lr-") and len(name.rsplit("-", 1)[1]) == 8
+    assert _default_name(["hidden_size=8"], space, cfg, storage) == name  # the same command, the same study
+    assert _default_name(["hidden_size=16"], space, cfg, storage) != name
+    swept = _default_name([], {**space, "cell": CategoricalDistribution(["rnn", "gru"])}, cfg, storage)
+    assert swept.startswith("co2-cell+depth+lr-")  # the cell swept: not named by one of its choices
+    # A study named as rnnlab named them before (sweep-<sha1[:10]>) is found by the same command.
+    import hashlib
+
+    text = json.dumps([sorted(["hidden_size=8"]), sorted((k, repr(d)) for k, d in space.items())])
+    old = "sweep-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    sweep.load_or_create_study(storage, old, ["minimize"], {})
+    assert _default_name(["hidden_size=8"], space, cfg, storage) == old

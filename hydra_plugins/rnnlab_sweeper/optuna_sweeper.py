@@ -84,6 +84,10 @@ for _name, _node in SAMPLERS.items():
     cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="rnnlab")
 for _name, _node in PRUNERS.items():
     cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="rnnlab")
+# hydra/launcher=slurm's base config (rnnlab_slurm) and its class: rnnlab's entry point imports
+# this module by name (an editable install hides hydra_plugins from Hydra's scan), so the
+# launcher module is imported from here too, and its class registered in setup.
+from hydra_plugins.rnnlab_sweeper import slurm_launcher as _slurm  # noqa: E402  (light: submitit is lazy)
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -182,6 +186,9 @@ class OptunaSweeper(Sweeper):
         except SweepError as e:
             fail(str(e))
         self.in_process, self.own_cpus = _launcher_runs(settings)
+        self.launcher_settings = settings
+        if isinstance(_slurm.RnnlabSlurmLauncher, type) and _slurm.SlurmQueueConf is not None:
+            Plugins.instance().register(_slurm.RnnlabSlurmLauncher)  # idempotent
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -201,6 +208,10 @@ class OptunaSweeper(Sweeper):
             fail(f"hydra.sweeper.balance={self.balance!r} is not a choice(...) of the search space "
                  f"(allowed: {', '.join(keys) if keys else 'none: the space has no choice(...)'})")
         self._sampler(space, 0)  # its options: a bad one fails here, not after the study is open
+        preflight = getattr(getattr(self, "launcher", None), "preflight", None)  # a cluster's launcher: partition, GPUs
+        why = preflight() if preflight is not None else None
+        if why:
+            fail(why)
         cache: dict[str, Any] = {}  # the checks' data, loaded once per data section
         job_cfg = self._compose(fixed, space, None, cache)
         for key, d in space.items():  # each choice and each bound, the others at their first value
@@ -285,15 +296,17 @@ class OptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         fixed, space, job_cfg = self.plan(arguments)
-        name = self.study_name or _default_name(fixed, space)
         described = {k: repr(d) for k, d in space.items()}
         try:
             self.storage = S.open_storage(self.storage_url, repair=True)
+            name = self.study_name or _default_name(fixed, space, job_cfg, self.storage)
             study = S.load_or_create_study(self.storage, name, self.directions, described, metrics=self.objectives)
         except S.SweepError as e:
             fail(str(e))
-        before = len(study.trials)  # a resumed study or a later worker: another random stream
-        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self._sampler(space, before),
+        # The sampler is seeded per trial, from the trial's number (see rnnlab.sweep.trial_seed;
+        # grid: once per worker, from the trials it finds, see _loop).
+        first = len(study.trials) if self.sampler_spec["name"] == "grid" else 0
+        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self._sampler(space, first),
                                   pruner=S.build("pruner", self.pruner_spec, "hydra.sweeper.pruner"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         parent = self._parent_run(study, job_cfg, sweep_dir)
@@ -323,6 +336,11 @@ class OptunaSweeper(Sweeper):
         from rnnlab import sweep as S
 
         batch_max = 1 if self.in_process else self.n_jobs  # in this process: one job after another
+        # Seeded per trial (rnnlab.sweep.trial_seed), except grid: it picks an unvisited point of
+        # the grid, which the study knows (running ones included), and re-picks a failed one; its
+        # one seeded stream per worker keeps that re-pick from repeating the same point.
+        grid = self.sampler_spec["name"] == "grid"
+        sampler_for = None if grid else (lambda n: self._sampler(space, n))
         while True:
             S.reap(study, self.storage, self.grace_period)
             c = S.count(study)
@@ -341,7 +359,7 @@ class OptunaSweeper(Sweeper):
             for _ in range(size):
                 if self.balance is not None and S.count(study).waiting == 0:  # a retry keeps its own params
                     S.enqueue_balanced(study, self.balance, space[self.balance].choices)
-                trials.append(S.claim(heartbeat, space))
+                trials.append(S.claim(heartbeat, space, sampler_for=sampler_for))
             self._run_batch(study, trials, common, heartbeat)
 
     def _run_batch(self, study: Any, trials: list[Any], common: list[str], heartbeat: Any) -> None:
@@ -377,12 +395,16 @@ class OptunaSweeper(Sweeper):
             print(f"rnnlab: trial {trial.number} {state} {trial.params}", file=sys.stderr)
 
     # ---------------------------------------------------------------------------- pieces
-    def _sampler(self, space: dict[str, Any], offset: int) -> Any:
-        from rnnlab.sweep import SweepError, build
+    def _sampler(self, space: dict[str, Any], number: int) -> Any:
+        """The sampler that draws trial ``number``: seeded from the configured seed and the
+        trial's number, so workers sharing a study draw different trials (a null seed: random).
+        Grid's ``number`` is the count of trials its worker found when it started."""
+        from rnnlab.sweep import SweepError, build, trial_seed
 
         spec = dict(self.sampler_spec)
-        if spec.get("seed") is not None:
-            spec["seed"] = int(spec["seed"]) + offset
+        if spec.get("seed") is not None:  # grid: seed + the trials a worker found (one stream per worker)
+            seed = int(spec["seed"])
+            spec["seed"] = seed + number if spec["name"] == "grid" else trial_seed(seed, number)
         if spec["name"] == "grid":
             spec["search_space"] = {k: (list(d.choices) if hasattr(d, "choices") else
                                         list(_frange(d.low, d.high, d.step))) for k, d in space.items()}
@@ -396,7 +418,9 @@ class OptunaSweeper(Sweeper):
         if self.threads_per_trial:
             return self.threads_per_trial
         if self.own_cpus:
-            return 0  # a Slurm job gets its own cpus_per_task; torch's default fits them
+            # A Slurm job's own cpus_per_task. Not torch's default: where Slurm does not bind
+            # tasks to their CPUs (TaskPlugin=task/none), torch saw every core of the node.
+            return int(self.launcher_settings.get("cpus_per_task") or 0)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // self.n_jobs)
 
@@ -409,11 +433,14 @@ class OptunaSweeper(Sweeper):
 
         uri, experiment = str(job_cfg.tracking.uri), str(job_cfg.tracking.experiment)
         self.tracking = (uri, experiment)
-        run_id = study.user_attrs.get(S.PARENT_RUN)
-        try:
-            if run_id:
+        run_id = self._await_parent(study)
+        if run_id:
+            try:
                 tracking.reopen_run(uri, run_id)
-                return run_id
+            except tracking.TrackingError as e:
+                fail(str(e))
+            return run_id
+        try:
             run_id = tracking.start_sweep_run(uri, experiment, study.study_name, {
                 "rnnlab.study": study.study_name, "rnnlab.sweep_dir": str(sweep_dir),
                 "rnnlab.command": " ".join(["python -m rnnlab", *sys.argv[1:]]),
@@ -421,13 +448,35 @@ class OptunaSweeper(Sweeper):
         except tracking.TrackingError as e:
             fail(str(e))
         study.set_user_attr(S.PARENT_RUN, run_id)
-        time.sleep(0.1)
-        import optuna
-
-        winner = optuna.load_study(study_name=study.study_name, storage=self.storage).user_attrs[S.PARENT_RUN]
-        if winner != run_id:  # two workers created one each at once: keep the one the study kept
+        if study.user_attrs.get(S.CREATOR) == S.worker_id():
+            return run_id  # the study's creator: the only worker that makes one without waiting
+        # A study from before rnnlab kept a creator, or whose creator died before its parent
+        # run existed: two workers may get here at once. Keep the one the study kept.
+        time.sleep(1.0)
+        winner = study.user_attrs[S.PARENT_RUN]
+        if winner != run_id:
             tracking.delete_run(uri, run_id)
         return winner
+
+    def _await_parent(self, study: Any, patience: float = 60.0) -> Optional[str]:
+        """The study's parent run id. Workers started at once on a new study (the README's
+        recipe without the n_trials=0 step) race: only the worker whose create won (the study's
+        creator, rnnlab.sweep.CREATOR) makes the parent run; the others wait for its id, so
+        MLflow gets one parent run, not one per worker. None: make one (this worker is the
+        creator, or the creator left none within ``patience`` seconds)."""
+        from rnnlab import sweep as S
+
+        start = time.monotonic()
+        while True:
+            attrs = study.user_attrs  # read from the storage each time
+            if attrs.get(S.PARENT_RUN):
+                return attrs[S.PARENT_RUN]
+            creator, waited = attrs.get(S.CREATOR), time.monotonic() - start
+            # No creator after 2 s: a study from before rnnlab kept one (its creator stores it
+            # a moment after the create); nobody to wait for.
+            if creator == S.worker_id() or (creator is None and waited > 2.0) or waited > patience:
+                return None
+            time.sleep(0.5)
 
     def _finish(self, study: Any, parent: Optional[str], sweep_dir: Path, status: str) -> None:
         from rnnlab import sweep as S
@@ -446,10 +495,24 @@ class OptunaSweeper(Sweeper):
             tracking.log_sweep(self.tracking[0], parent, metrics, tags, result["files"], status)
 
 
-def _default_name(fixed: list[str], space: dict[str, Any]) -> str:
-    """The same command gives the same study, so re-running it resumes."""
+def _default_name(fixed: list[str], space: dict[str, Any], job_cfg: DictConfig, storage: Any) -> str:
+    """The same command gives the same study, so re-running it resumes. A readable name, as
+    the study and its MLflow parent run are listed by it: ``<task>-<cell>-<swept keys>-<hash>``
+    (``co2-lstm-lr+depth-1a2b3c4d``; the cell is left out when it is swept). A study that
+    rnnlab named ``sweep-<hash>`` before is found under that name, so it still resumes."""
     text = json.dumps([sorted(fixed), sorted((k, repr(d)) for k, d in space.items())])
-    return "sweep-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    digest = hashlib.sha1(text.encode()).hexdigest()
+    import optuna
+
+    old = "sweep-" + digest[:10]
+    if old in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}:
+        return old
+    task = str(OmegaConf.select(job_cfg, "data.name", default="") or "sweep")
+    parts = [task] if "cell" in space else [task, str(OmegaConf.select(job_cfg, "cell.name", default="") or "")]
+    parts.append("+".join(k.rpartition(".")[2] for k in sorted(space)) or "fixed")
+    name = "-".join(p for p in parts if p)
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)[:80]
+    return f"{name}-{digest[:8]}"
 
 
 def _where(url: Optional[str]) -> str:
