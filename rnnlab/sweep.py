@@ -106,7 +106,10 @@ def open_storage(url: str | None, *, repair: bool = False, patient: bool = False
             raise SweepError(f"storage={url!r}: {_one_line(e)}") from None
     engine: dict[str, Any] = {}
     if url.startswith(("postgresql", "mysql")):  # fail in seconds, not after a TCP timeout
-        engine = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True}
+        # A small pool: a worker's main thread and its heartbeat need one connection each, and
+        # SQLAlchemy's default (5 + 10 overflow per process) lets a few dozen workers and jobs
+        # exhaust a server's max_connections (PostgreSQL's 100: "too many clients already").
+        engine = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
     last: Exception | None = None
     # Workers starting at once on a fresh database race to create Optuna's schema: the loser
     # sees "table ... already exists" (PostgreSQL, SQLite) or a duplicate alembic_version row
