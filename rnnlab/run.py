@@ -279,6 +279,7 @@ class _Run:
         log.info("summary\n%s", table)  # the run folder's log file (Hydra's) keeps it, with what tracking cost
         if self.tracker.run_id:
             log.info("tracking: %s", _tracking_cost(self.tracker))
+        stop.pass_on()  # a stop asked for after the last step: the run is complete, its caller may stop
         probes = list(self.probe.records) if self.probe is not None else []
         return Result(
             {"val_loss": result.best_val_loss, "n_params": float(self.p.n_params), **final}, status,

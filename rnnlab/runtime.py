@@ -99,6 +99,17 @@ class StopOnSignal:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
+    def pass_on(self) -> None:
+        """A request that came after the run's last step (while it tested and saved) stopped
+        nothing: hand it to whoever had the signal before, so a sweeper running this trial in
+        its own process stops after it instead of losing the user's Ctrl-C. Python's default
+        handlers (KeyboardInterrupt, exit) are not called: the run is done, nothing to stop."""
+        import signal
+
+        handler = self._previous.get(self.signal) if self.signal is not None else None
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signal, None)
+
 
 def available_memory(device: torch.device) -> int | None:
     """Bytes a run could still allocate on ``device``: CUDA's free memory, or the kernel's

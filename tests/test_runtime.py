@@ -1,4 +1,4 @@
-"""rnnlab.runtime: the allocator setting. It is process-wide, so each case runs in a child."""
+"""rnnlab.runtime: the allocator setting (process-wide, so each case runs in a child) and the stop signals."""
 from __future__ import annotations
 
 import json
@@ -40,3 +40,30 @@ def test_tuned_allocator_keeps_a_64_mb_buffer_past_the_mmap_threshold_ceiling() 
     pages = 64 * 2**20 // 4096
     assert system["faults"] > pages // 2  # the control: glibc's default maps fresh pages
     assert tuned["faults"] < pages // 20
+
+
+def test_a_stop_asked_for_after_the_last_step_goes_to_the_handler_before_and_never_to_pythons_default():
+    import os
+    import signal
+
+    from rnnlab import runtime
+
+    seen = []
+    before = signal.signal(signal.SIGINT, lambda number, frame: seen.append(number))  # a sweeper's, say
+    try:
+        stop = runtime.StopOnSignal()
+        os.kill(os.getpid(), signal.SIGINT)  # while the run tests and saves: it cannot stop any more
+        assert stop.requested() and seen == []
+        stop.restore()
+        stop.pass_on()
+        assert seen == [signal.SIGINT]
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a plain run: nobody to tell, no KeyboardInterrupt
+        stop = runtime.StopOnSignal()
+        os.kill(os.getpid(), signal.SIGINT)
+        stop.restore()
+        stop.pass_on()
+        quiet = runtime.StopOnSignal()  # no request: nothing is passed on
+        quiet.restore()
+        quiet.pass_on()
+    finally:
+        signal.signal(signal.SIGINT, before)

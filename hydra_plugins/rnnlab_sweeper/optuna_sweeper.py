@@ -17,7 +17,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +161,7 @@ class OptunaSweeper(Sweeper):
                  balance: Optional[str] = None) -> None:
         self.sampler_spec = _plain(sampler)
         self.pruner_spec = _plain(pruner)
+        self.interrupted = False  # a first Ctrl-C (_interrupt)
         self.directions = [direction] if isinstance(direction, str) else list(direction)
         self.storage_url = storage
         self.study_name = study_name
@@ -322,6 +325,9 @@ class OptunaSweeper(Sweeper):
               f"trials done; sweep dir {sweep_dir}", file=sys.stderr)
         status = "FAILED"
         heartbeat = S.Heartbeat(study, self.storage, self.heartbeat_interval, self.grace_period)
+        # Signal handlers belong to the main thread (a sweep driven from another keeps Python's).
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._interrupt) if main else None
         try:
             self._loop(study, space, common, heartbeat)
             status = "FINISHED"
@@ -329,8 +335,19 @@ class OptunaSweeper(Sweeper):
             status = "KILLED"
             raise
         finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
             heartbeat.close()
             self._finish(study, parent, sweep_dir, status)
+
+    def _interrupt(self, number: int, frame: Any) -> None:
+        """A first Ctrl-C between trials (or one a finished trial passed on) stops the sweep
+        before its next trial; a second stops it at once. A trial running in this process
+        has its own handler meanwhile: it checkpoints and stops (rnnlab.runtime.StopOnSignal)."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("rnnlab: Ctrl-C: the sweep stops before its next trial (again: at once)", file=sys.stderr, flush=True)
 
     def _loop(self, study: Any, space: dict[str, Any], common: list[str], heartbeat: Any) -> None:
         from rnnlab import sweep as S
@@ -342,6 +359,8 @@ class OptunaSweeper(Sweeper):
         grid = self.sampler_spec["name"] == "grid"
         sampler_for = None if grid else (lambda n: self._sampler(space, n))
         while True:
+            if self.interrupted:
+                raise KeyboardInterrupt
             S.reap(study, self.storage, self.grace_period)
             c = S.count(study)
             if c.failed > self.max_failure_rate * self.n_trials:
