@@ -54,16 +54,26 @@ def main() -> None:
 
     # Output folders are named by time to the microsecond *and* process id, so runs started
     # in the same instant never share a folder (Hydra's default names them by the second).
-    OmegaConf.register_new_resolver("rnnlab_pid", os.getpid, replace=True)
+    OmegaConf.register_new_resolver("rnnlab_pid", launch_pid, replace=True)
     from rnnlab.compose import register_resolvers
 
     register_resolvers()  # ${root:...} and the like, also where preflight did not run (--cfg job --resolve)
     try:
         hydra.main(version_base="1.3", config_path="pkg://rnnlab.conf", config_name="config")(_hydra_job)()
+    except KeyboardInterrupt:  # a sweep stopped by Ctrl-C between trials: its study and runs say where it is
+        print("rnnlab: interrupted; the same command continues", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if _FAILED_JOBS:
             print(f"rnnlab: {len(_FAILED_JOBS)} job(s) failed:", *_FAILED_JOBS, sep="\n  ", file=sys.stderr)
             raise SystemExit(1)
+
+
+def launch_pid() -> str:
+    """The id of the process the user started, for folder names. Its jobs resolve the sweep's
+    folder again in their own processes (joblib's workers, Slurm jobs): they inherit this
+    variable, so every job lands under the one sweep folder (with its own pid, each got its own)."""
+    return os.environ.setdefault("RNNLAB_LAUNCH_PID", str(os.getpid()))
 
 
 def _start_writer(argv: list[str]) -> None:

@@ -72,6 +72,16 @@ def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(tracked_
     assert all(0 < s < w for s, w in zip(starts, walls)), (starts, walls)
 
 
+def test_a_grid_on_parallel_processes_lands_in_one_sweep_folder(workdir):
+    """Each job resolves the sweep's folder again in its own worker process: with the pid in
+    the name, every job used to get a folder of its own beside the sweep's."""
+    result = run_cli(["-m", "hydra/launcher=parallel", *TINY, "seed=0,1", "train.epochs=1", "tracking=none"], workdir)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (workdir / "outputs" / "multirun").glob("*/*")
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert all((sweep / job / "config.yaml").is_file() for job in ("0", "1"))
+
+
 # As a user runs them: the cases that pass each stage of a command before Hydra's (the cheap
 # checks, the model's, the sweeper's). The whole table runs in-process: tests/test_preflight.py.
 @pytest.mark.parametrize(
