@@ -4,6 +4,7 @@ server reached by the jobs over loopback. Trials as Slurm jobs; a job cancelled,
 its time limit and requeued; two workers drawing different trials; bad cluster settings."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -24,6 +25,14 @@ import slurm_cluster  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@functools.lru_cache(maxsize=None)
+def storage_of(url: str) -> object:
+    """One storage per URL for the polling below: a new one per poll (optuna.load_study(storage=url))
+    leaves its pool's connections open until collected, and the suite's sweep tests beside these
+    ran PostgreSQL out of connections."""
+    return sweep.open_storage(url)
 ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_task=null",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5"]
 SWEEP = ["-m", "hydra/sweeper=optuna", *TINY, *ON_SLURM]
@@ -143,7 +152,7 @@ def test_two_workers_on_slurm_share_one_study_and_one_parent_run_and_draw_differ
             "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none", LR, "dropout=interval(0,0.3)"]
     workers = [start(args, tmp_path, cluster) for _ in range(2)]
     errors = [finish(w, cluster, timeout=300) for w in workers]
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=storage_of(url))
     trials = study.trials
     # The count is checked before each ask, running trials included: only asks racing between
     # one worker's count and the other's ask overshoot, by at most workers - 1.
@@ -188,7 +197,7 @@ def test_a_cancelled_trial_fails_with_its_reason_is_retried_and_its_run_is_not_l
 
     def training() -> bool:  # trial 0's job has reported an epoch
         try:
-            trials = optuna.load_study(study_name=name, storage=url).trials
+            trials = optuna.load_study(study_name=name, storage=storage_of(url)).trials
         except KeyError:
             return False
         return bool(trials) and bool(trials[0].intermediate_values)
@@ -197,7 +206,7 @@ def test_a_cancelled_trial_fails_with_its_reason_is_retried_and_its_run_is_not_l
     (job,) = [line.split()[0] for line in cluster.squeue() if "RUNNING" in line]
     subprocess.run(["scancel", job], check=True, env=cluster.env)
     finish(proc, cluster)
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=storage_of(url))
     assert sweep.count(study) == sweep.Counts(done=2, failed=0, running=0, waiting=0)
     cancelled = study.trials[0]
     assert cancelled.state == TrialState.FAIL and cancelled.system_attrs.get(sweep.RETRIED)
@@ -223,7 +232,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_resumes_as_one_run_and_o
 
     def epochs() -> int:
         try:
-            trials = optuna.load_study(study_name=name, storage=url).trials
+            trials = optuna.load_study(study_name=name, storage=storage_of(url)).trials
         except KeyError:
             return 0
         return len(trials[0].intermediate_values) if trials else 0
@@ -234,7 +243,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_resumes_as_one_run_and_o
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, env=cluster.env)
     err = finish(proc, cluster, timeout=300)
     assert f"Slurm job {job_id} stopped (FAILED, exit " in err and "submitted again with resume=auto" in err, err[-3000:]
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=storage_of(url))
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE
     (run,) = [r for r in runs_of(server, name) if "mlflow.parentRunId" in r.data.tags]

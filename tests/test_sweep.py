@@ -2,6 +2,7 @@
 user runs them (`python -m rnnlab -m hydra/sweeper=optuna ...` in subprocesses)."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -30,8 +31,15 @@ FAST_REAPER = ["hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_peri
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+@functools.lru_cache(maxsize=None)
+def _database(url: str) -> object:
+    """One storage per database URL: the tests poll, and each new storage keeps its pool's
+    connections open until collected (PostgreSQL ran out of them)."""
+    return sweep.open_storage(url)
+
+
 def load(workdir: Path, name: str | None = None, url: str | None = None) -> optuna.Study:
-    storage = sweep.open_storage(url or str(workdir / sweep.DEFAULT_STORAGE))
+    storage = _database(url) if url else sweep.open_storage(str(workdir / sweep.DEFAULT_STORAGE))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     return optuna.load_study(study_name=name or names[0], storage=storage)
 
