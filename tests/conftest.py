@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# One thread per test process, and for every CLI, sweep job and server it starts (they inherit
+# the environment): the suite runs one xdist worker per core, and on two cores two 2-thread
+# torch processes run at a quarter of one's speed (OpenMP threads spin waiting for a
+# descheduled sibling). Tests that measure threads set them themselves.
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 # A run small enough for a test: a few weeks of data, a small net, a handful of steps.
 TINY = [
     "data.years=0.12", "depth=2", "hidden_size=8", "data.lookback=24",
@@ -102,6 +109,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def healthy(base: str, timeout: float) -> bool:
+    """Whether an MLflow server (or `mlflow ui`) at ``base`` answers /health within ``timeout`` s."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=1)
+            return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
 class MlflowServer:
     """A real `mlflow server` on loopback, started the way the README recommends
     (python -m rnnlab.server), that a test can stop and start again."""
@@ -112,22 +134,13 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
-        import time
-        import urllib.request
-
         args = [sys.executable, "-m", "rnnlab.server", "--port", str(self.port),
                 "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
                 "--artifacts-destination", str(self.folder / "artifacts")]
         self.proc = subprocess.Popen(args, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("mlflow server did not start")
+        if not healthy(self.uri, timeout):
+            raise RuntimeError("mlflow server did not start")
 
     def stop(self) -> None:
         import signal

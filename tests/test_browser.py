@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, free_port, run_cli
+from conftest import TINY, free_port, healthy, run_cli
 from rnnlab import compare
 from rnnlab.tracking.store import ui_page
 from test_compare import _logged_runs
@@ -100,15 +99,9 @@ class MlflowUI:
             [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],  # one browser: one worker
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.base}/health", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("mlflow ui did not start")
+        if not healthy(self.base, 120):
+            self.stop()
+            raise RuntimeError("mlflow ui did not start")
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)  # the UI and its workers
