@@ -16,6 +16,15 @@ import pytest
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
+# The longest files first: xdist hands whole files to its workers in collection order, and
+# these two (Slurm jobs, multi-worker sweeps: minutes each) last left one worker running alone.
+FIRST = ("test_slurm.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: every file keeps its own order
+
+
 # A run small enough for a test: a few weeks of data, a small net, a handful of steps.
 TINY = [
     "data.years=0.12", "depth=2", "hidden_size=8", "data.lookback=24",

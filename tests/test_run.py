@@ -94,8 +94,10 @@ def test_a_run_the_store_refuses_stops_after_its_first_epoch_not_at_the_end(tmp_
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     client.delete_experiment(client.create_experiment("gone"))  # MLflow refuses a run in a deleted experiment
+    # 50 epochs of 40 steps: several seconds, longer than the writer takes to hear the refusal
+    # (TINY's 4-step epochs ran all 50 before it, on one thread).
     config = compose([*TINY, "probe.every=0", f"tracking.uri={uri}", "tracking.experiment=gone", "train.epochs=50",
-                      "train.patience=0"])
+                      "train.steps_per_epoch=40", "train.patience=0"])
     with pytest.raises(RunError, match=r"^tracking.uri='sqlite:///.*': .*deleted.*; the run stopped after epoch \d+, "
                                        r"its checkpoint is in .*run \(resume=.*run once the store works, or tracking=none\)$"):
         run(config, output_dir=tmp_path / "run")
