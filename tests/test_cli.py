@@ -55,7 +55,7 @@ def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
     assert "epoch 1/2: 4 steps" in text and "epoch 2/2: 4 steps" in text and run.info.run_id in text
     assert re.search(r"tracking: [\d.]+ s in calls", text)
     wall, first = map(float, re.search(r"wall time +([\d.]+) s \(the first step at ([\d.]+) s\)", result.stdout).groups())
-    assert 0 < first < wall
+    assert 0 < first <= wall  # printed to 0.1 s: a tiny run on one thread can show them equal
 
 
 def test_multirun_gives_one_run_per_job_in_one_experiment_under_outputs(tracked_workdir):
