@@ -56,7 +56,7 @@ class ProgressBar:
 
     def eta(self, now: float, done: float) -> str:
         """The run's remaining time at the rate since the first step; ``-:--`` until it settles."""
-        start, start_done = self.origin or (now, done)
+        start, start_done = self.origin  # set by the first call, before any ETA is asked for
         if done >= 1:
             return _duration(0.0)
         if self.steps <= self.SETTLE_STEPS or done <= start_done:

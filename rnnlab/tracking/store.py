@@ -108,7 +108,8 @@ def ui_rows(uri: str, experiment_id: str, run_id: str) -> list[tuple[str, str]]:
     """Where to look at a run, on the UI's training view (ui_page): a tracking server's own
     address, or the command that opens the UI on a store (``mlflow ui`` serves on port 5000)."""
     if uri.startswith(("http://", "https://")):
-        server = urlsplit(uri)._replace(netloc=urlsplit(uri).netloc.rpartition("@")[2])  # never print a password
+        parts = urlsplit(uri)
+        server = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # never print a password
         return [("open the UI", ui_page(urlunsplit(server), experiment_id, run_id))]
     return [("open the UI", f"mlflow ui --backend-store-uri {uri}"),
             ("", f"then {ui_page('http://127.0.0.1:5000', experiment_id, run_id)}")]
