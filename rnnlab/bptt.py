@@ -37,6 +37,9 @@ as a gradient penalty needs) is refused with a pointer to the step loop
 """
 from __future__ import annotations
 
+import os
+import statistics
+import time
 from typing import Any, NamedTuple
 
 import torch
@@ -73,13 +76,79 @@ _onednn_linear = _working_onednn_linear()
 _ONEDNN_MIN_MACS = 1 << 20
 
 
+# oneDNN is taken only where it beats MKL by this factor on one step's product: a host where
+# the two are close keeps MKL, so that a noisy moment cannot flip the choice between runs.
+_ONEDNN_MARGIN = 1.15
+PRODUCTS_ENV = "RNNLAB_CPU_PRODUCTS"
+_products: str | None = None  # "onednn" or "mkl" once decided (cpu_products)
+
+
+def cpu_products() -> str:
+    """What a float32 product on the CPU on one thread takes: "onednn" or "mkl". Decided once
+    per process, on first use: pinned by the environment variable RNNLAB_CPU_PRODUCTS (mkl,
+    onednn, or auto), else (auto) by racing the two on one LSTM step's product.
+
+    Why a race: which is faster depends on the host, and by a lot. oneDNN ran (64, 128) x
+    (128, 256) in 31 us against MKL's 43 on a Zen 5 EPYC, but in 55 against MKL's 45 on a Zen 4
+    one, where the peephole LSTM's training step took 63 ms with oneDNN's products and 50 with
+    MKL's (experiments/benchmarks/products.py). The two round differently in the last bit, so a
+    run that must repeat bit for bit on other hosts pins one."""
+    global _products
+    if _products is None:
+        pinned = os.environ.get(PRODUCTS_ENV, "auto")
+        if pinned not in ("auto", "mkl", "onednn"):
+            raise ValueError(f"{PRODUCTS_ENV}={pinned!r} is not allowed (allowed: auto, mkl, onednn)")
+        if pinned == "onednn" and _onednn_linear is None:
+            raise ValueError(f"{PRODUCTS_ENV}=onednn, but this torch build has no working oneDNN linear (allowed: auto, mkl)")
+        if pinned == "auto":
+            pinned = "onednn" if _onednn_linear is not None and _onednn_wins() else "mkl"
+        _products = pinned
+    return _products
+
+
+def products_in_use() -> str:
+    """What float32 CPU products take now: "onednn" where cpu_products chose it and torch runs
+    one thread, else "mkl"."""
+    return "onednn" if torch.get_num_threads() == 1 and cpu_products() == "onednn" else "mkl"
+
+
+def _onednn_wins(rounds: int = 15, calls: int = 5) -> bool:
+    """Whether oneDNN's product beats MKL's by _ONEDNN_MARGIN on one step of the default LSTM,
+    (64, 128) x (128, 256) plus a bias into a buffer as ``mm`` does it: medians over rounds,
+    the two interleaved (~10 ms in all)."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(64, 128, generator=g), torch.randn(256, 128, generator=g), torch.randn(256, generator=g)
+    out = x.new_empty(64, 256)
+    candidates = {
+        "mkl": lambda: torch.addmm(b, x, w.t(), out=out),
+        "onednn": lambda: out.copy_(_onednn_linear(x, w, b, "none", [], "")),
+    }
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the products it decides for: more threads keep MKL (_onednn)
+    try:
+        with torch.no_grad():
+            for run in candidates.values():  # warm up: oneDNN builds its kernel on the first call
+                run()
+            for _ in range(rounds):
+                for name, run in candidates.items():
+                    started = time.perf_counter()
+                    for _ in range(calls):
+                        run()
+                    times[name].append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times["mkl"]) > _ONEDNN_MARGIN * statistics.median(times["onednn"])
+
+
 def _onednn(x: Tensor) -> bool:
-    """oneDNN for float32 on the CPU on one thread. On 2 threads MKL splits the products well
-    and the loops ran as fast or faster without oneDNN (11-18% faster for peephole and FGR,
-    T=200, where oneDNN took the per-step products), though one product alone timed faster."""
+    """oneDNN for float32 on the CPU on one thread, where it wins on this host (cpu_products).
+    On 2 threads MKL splits the products well and the loops ran as fast or faster without
+    oneDNN (11-18% faster for peephole and FGR, T=200, where oneDNN took the per-step
+    products), though one product alone timed faster."""
     return (
         _onednn_linear is not None and x.dtype == torch.float32 and x.device.type == "cpu"
-        and torch.get_num_threads() == 1
+        and torch.get_num_threads() == 1 and cpu_products() == "onednn"
     )
 
 
@@ -88,11 +157,12 @@ def mm(x: Tensor, w_t: Tensor, plus: Tensor | None = None, out: Tensor | None = 
     product below. w_t is a weight (N, K) transposed, as a view; for a product with a weight
     as it is (the backward's da W) pass ``_untransposed(W)``.
 
-    Why not torch.addmm alone: on the CPU torch's float32 products call MKL, which on the AMD
-    EPYC (Zen 5) we benchmark on runs one step's (64, 128) x (128, 256) at ~49 GMAC/s on one
-    thread, where oneDNN (what torch.nn.LSTM runs on) reaches ~68: 31 us against 43. Smaller
-    products go to MKL (see _ONEDNN_MIN_MACS), and so does every product on more than one
-    thread (see _onednn). oneDNN has no float64 product, so float64 (what the tests check
+    Why not torch.addmm alone: on the CPU torch's float32 products call MKL, which on a Zen 5
+    EPYC runs one step's (64, 128) x (128, 256) at ~49 GMAC/s on one thread, where oneDNN
+    (what torch.nn.LSTM runs on) reaches ~68: 31 us against 43. On a Zen 4 EPYC it is the
+    other way round, so a host takes oneDNN only where it won the race (cpu_products).
+    Smaller products go to MKL (see _ONEDNN_MIN_MACS), and so does every product on more than
+    one thread (see _onednn). oneDNN has no float64 product, so float64 (what the tests check
     against the step path) takes MKL too. A weight that is not a contiguous matrix sends
     oneDNN to a kernel ~1000x slower; bptt passes none, and one would take MKL.
     """

@@ -88,7 +88,7 @@ def prepare(config: Config, secrets: frozenset[str] | set[str] = frozenset(), ca
     """Everything that can refuse this config, before anything is written. Raises RunError
     with one line. ``cache``: a dict shared by the jobs of one command, so that jobs with
     equal data sections load their data once, and equal models are checked once."""
-    from rnnlab import runtime
+    from rnnlab import bptt, runtime
     from rnnlab.data import DataError
     from rnnlab.model import count_parameters
     from rnnlab.tracking import TrackingError, check_params, check_reachable
@@ -98,6 +98,8 @@ def prepare(config: Config, secrets: frozenset[str] | set[str] = frozenset(), ca
     digest = config_hash(flat)
     try:
         device = runtime.pick_device(config.device)
+        if device.type == "cpu":
+            bptt.cpu_products()  # RNNLAB_CPU_PRODUCTS checked, and the race run, before anything is written
         data = cache.get(data_key := _key("data", config.data))
         if data is None:
             data = cache[data_key] = load_data(config)
@@ -289,6 +291,7 @@ class _Run:
     # ------------------------------------------------------------------------------ pieces
 
     def _open_tracker(self, trial_tags: dict[str, str]) -> Any:
+        from rnnlab import bptt
         from rnnlab.tracking import NullTracker, Tracker, TrackingError
 
         c = self.config
@@ -297,6 +300,8 @@ class _Run:
         tags = {"mlflow.source.name": "rnnlab", "rnnlab.command": self.command,
                 "rnnlab.output_dir": str(self.output_dir), "rnnlab.config_hash": self.p.digest,
                 "rnnlab.run_key": self.run_key, **trial_tags}
+        if self.p.device.type == "cpu":  # the loops' products round differently on MKL and oneDNN
+            tags["rnnlab.cpu_products"] = bptt.products_in_use()
         commit = _git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit

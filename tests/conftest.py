@@ -98,6 +98,15 @@ def float64():
 
 
 @pytest.fixture
+def onednn_products(monkeypatch):
+    """The hand-written loops' float32 products on oneDNN, whatever this host's race chose
+    (rnnlab.bptt.cpu_products): for the tests that check oneDNN's products themselves."""
+    from rnnlab import bptt
+
+    monkeypatch.setattr(bptt, "_products", "onednn")
+
+
+@pytest.fixture
 def one_thread():
     """Torch on one thread for one test, restored after. For the studies' small runs (hidden
     sizes 32-64): a second thread buys nothing there, and on a loaded host (load 5-7 on these

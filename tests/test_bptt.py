@@ -79,7 +79,7 @@ def _counted(monkeypatch, calls):
 
 
 @pytest.mark.skipif(bptt._onednn_linear is None, reason="no oneDNN linear: only the fallback exists")
-def test_the_fallback_gives_the_fast_paths_products(monkeypatch, one_thread):
+def test_the_fallback_gives_the_fast_paths_products(monkeypatch, one_thread, onednn_products):
     monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)
     torch.manual_seed(0)
     x = torch.randn(6, 40, 30)[:, 3, 5:25]  # (6, 20): a row view, as bptt's z[t]
@@ -102,7 +102,7 @@ def test_the_fallback_gives_the_fast_paths_products(monkeypatch, one_thread):
 
 @pytest.mark.skipif(bptt._onednn_linear is None, reason="no oneDNN linear: only the fallback exists")
 @pytest.mark.parametrize("name", ["lstm", "peephole", "gru_classic", "rnn"])
-def test_a_hand_written_scan_gives_the_same_outputs_and_gradients_on_the_fallback(name, monkeypatch, one_thread):
+def test_a_hand_written_scan_gives_the_same_outputs_and_gradients_on_the_fallback(name, monkeypatch, one_thread, onednn_products):
     monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)  # the per-step products too, at these sizes
     torch.manual_seed(3)
     cell = CELLS[name](4, 6)
@@ -124,3 +124,85 @@ def test_a_hand_written_scan_gives_the_same_outputs_and_gradients_on_the_fallbac
     assert calls  # the fast run took oneDNN's products
     for a, b in zip(*results):
         assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+# ------------------------------------------- which product a host takes: pinned, or raced once
+
+@pytest.fixture
+def undecided(monkeypatch):
+    """cpu_products as a fresh process finds it: not decided yet, no environment pin."""
+    monkeypatch.setattr(bptt, "_products", None)
+    monkeypatch.delenv(bptt.PRODUCTS_ENV, raising=False)
+
+
+@pytest.mark.parametrize("pin", ["mkl", "onednn"])
+def test_the_environment_pins_the_products_and_the_loops_take_them(pin, undecided, monkeypatch, one_thread):
+    if pin == "onednn" and bptt._onednn_linear is None:
+        pytest.skip("this torch build has no oneDNN linear to pin")
+    monkeypatch.setenv(bptt.PRODUCTS_ENV, pin)
+    monkeypatch.setattr(bptt, "_onednn_wins", lambda: pytest.fail("a pinned choice runs no race"))
+    calls = []
+    if bptt._onednn_linear is not None:
+        _counted(monkeypatch, calls)
+    assert bptt.cpu_products() == pin and bptt.products_in_use() == pin
+    x, w = torch.randn(64, 128), torch.randn(256, 128)
+    assert (bptt.mm(x, w.t()).double() - x.double() @ w.double().t()).abs().max() < 1e-4
+    assert bool(calls) == (pin == "onednn")
+
+
+@pytest.mark.parametrize("value,message", [
+    ("fast", "RNNLAB_CPU_PRODUCTS='fast' is not allowed (allowed: auto, mkl, onednn)"),
+    ("MKL", "RNNLAB_CPU_PRODUCTS='MKL' is not allowed (allowed: auto, mkl, onednn)"),
+])
+def test_a_bad_pin_is_one_line_naming_the_variable_and_what_is_allowed(value, message, undecided, monkeypatch):
+    monkeypatch.setenv(bptt.PRODUCTS_ENV, value)
+    with pytest.raises(ValueError) as info:
+        bptt.cpu_products()
+    assert str(info.value) == message
+    assert bptt._products is None  # nothing decided: the next call says it again
+
+
+def test_pinning_onednn_where_this_torch_has_none_is_refused(undecided, monkeypatch):
+    monkeypatch.setenv(bptt.PRODUCTS_ENV, "onednn")
+    monkeypatch.setattr(bptt, "_onednn_linear", None)
+    with pytest.raises(ValueError, match=r"^RNNLAB_CPU_PRODUCTS=onednn, but this torch build has no working oneDNN linear \(allowed: auto, mkl\)$"):
+        bptt.cpu_products()
+
+
+@pytest.mark.skipif(bptt._onednn_linear is None, reason="no oneDNN linear: nothing to race")
+@pytest.mark.parametrize("onednn_is", ["slower", "much faster"])
+def test_the_race_takes_onednn_only_where_it_wins_and_is_decided_once(onednn_is, undecided, monkeypatch):
+    import time
+
+    real = bptt._onednn_linear
+    if onednn_is == "slower":
+        def op(*args):
+            time.sleep(2e-4)  # ~4x MKL's time for this product on any host we have seen
+            return real(*args)
+    else:
+        done = real(torch.randn(64, 128), torch.randn(256, 128), None, "none", [], "")
+
+        def op(*args):
+            return done  # no arithmetic: far faster than any product
+    monkeypatch.setattr(bptt, "_onednn_linear", op)
+    threads = torch.get_num_threads()
+    want = "mkl" if onednn_is == "slower" else "onednn"
+    assert bptt.cpu_products() == want
+    assert torch.get_num_threads() == threads  # the race ran on one thread and gave the rest back
+    monkeypatch.setattr(bptt, "_onednn_wins", lambda: pytest.fail("decided once per process"))
+    assert bptt.cpu_products() == want
+
+
+def test_on_more_threads_the_loops_use_mkl_whatever_the_race_chose(monkeypatch):
+    monkeypatch.setattr(bptt, "_products", "onednn")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert bptt.products_in_use() == "mkl"
+    finally:
+        torch.set_num_threads(before)
+    torch.set_num_threads(1)
+    try:
+        assert bptt.products_in_use() == "onednn"
+    finally:
+        torch.set_num_threads(before)

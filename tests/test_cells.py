@@ -711,7 +711,7 @@ def torch_threads(n):
 
 @onednn
 @pytest.mark.parametrize("plus", ["none", "bias", "term"])
-def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypatch, one_thread):
+def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypatch, one_thread, onednn_products):
     monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)  # oneDNN for these small shapes too
     torch.manual_seed(0)
     x = torch.randn(6, 40, 30, dtype=torch.float32)[:, 3, 5:25]  # (6, 20), a row view: bptt's z[t]
@@ -729,7 +729,7 @@ def test_mm_equals_a_float64_product_for_every_layout_it_is_given(plus, monkeypa
 
 @onednn
 @pytest.mark.parametrize("k", [3, 7, 11])  # narrower than, as wide as, wider than d
-def test_grad_weight_sums_d_transposed_x_over_every_row(k, one_thread):
+def test_grad_weight_sums_d_transposed_x_over_every_row(k, one_thread, onednn_products):
     torch.manual_seed(0)
     d = torch.randn(30, 500, 14, dtype=torch.float32)[:, :, 3:10].reshape(-1, 7)  # rows of a strided view
     x = torch.randn(15000, k, dtype=torch.float32)
@@ -741,7 +741,7 @@ def test_grad_weight_sums_d_transposed_x_over_every_row(k, one_thread):
 
 @onednn
 @pytest.mark.parametrize("name,options", EVERY_CELL, ids=lambda v: str(v))
-def test_every_hand_written_backward_in_float32_matches_float64(name, options, monkeypatch, one_thread):
+def test_every_hand_written_backward_in_float32_matches_float64(name, options, monkeypatch, one_thread, onednn_products):
     """The float64 tests above take torch's products (oneDNN has none in float64); this runs
     each tapped scan in float32, where its products go through oneDNN, against the float64
     step path: outputs, every gradient and the tap, within float32's reach."""
@@ -777,7 +777,7 @@ def test_every_hand_written_backward_in_float32_matches_float64(name, options, m
 
 
 @pytest.mark.parametrize("name", ["lstm", "peephole", "gru_classic", "indrnn", "rnn", "gru"])
-def test_the_lag_terms_in_float32_match_float64(name, monkeypatch, one_thread):
+def test_the_lag_terms_in_float32_match_float64(name, monkeypatch, one_thread, onednn_products):
     """Their product takes oneDNN in float32 (where this torch has it), and the sum over units
     stays in float32: within float32's reach of the float64 terms."""
     monkeypatch.setattr(bptt, "_ONEDNN_MIN_MACS", 0)

@@ -21,7 +21,7 @@ def store(workdir: Path) -> MlflowClient:
 
 
 def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
-    result = run_cli([*TINY, "cell=gru", "truncation=10"], workdir)
+    result = run_cli([*TINY, "cell=gru", "truncation=10"], workdir, env={"RNNLAB_CPU_PRODUCTS": "mkl"})
     assert result.returncode == 0, result.stderr
     client = store(workdir)
     (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
@@ -40,6 +40,7 @@ def test_a_run_lands_in_mlflow_with_params_metrics_and_artifacts(workdir):
         "lyapunov.png"}
     assert [m.step for m in client.get_metric_history(run.info.run_id, "vanishing/l0")] == [0]  # the initial weights
     assert run.data.tags["rnnlab.command"].startswith("python -m rnnlab data.years=0.12")
+    assert run.data.tags["rnnlab.cpu_products"] == "mkl"  # as pinned: the loops' products round differently on each
     assert "test MSE" in result.stdout and "persistence" in result.stdout and run.info.run_id in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db" in result.stdout
     assert "cell" not in params and all(v != "None" for v in params.values())  # once each, only what applies
@@ -103,6 +104,13 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir, args, message):
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not (workdir / "outputs").exists()  # no run folder, no MLflow store, no study
+
+
+def test_a_bad_cpu_products_pin_is_one_line_and_writes_nothing(workdir):
+    result = run_cli(TINY, workdir, env={"RNNLAB_CPU_PRODUCTS": "fast"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "rnnlab: error: RNNLAB_CPU_PRODUCTS='fast' is not allowed (allowed: auto, mkl, onednn)"
+    assert not (workdir / "outputs").exists()
 
 
 def test_help_lists_groups_and_options_without_importing_torch(workdir):
