@@ -2,6 +2,7 @@
 
     python -m rnnlab.server                         # http://127.0.0.1:5000, store outputs/mlflow.db
     python -m rnnlab.server --port 5001 --backend-store-uri postgresql://...
+    python -m rnnlab.server --workers 1             # one server process: enough for one user's runs
     RNNLAB_MLFLOW_ADMIN_PASSWORD=... python -m rnnlab.server --host 0.0.0.0 --auth
 
 ``mlflow server`` has no authentication unless asked, and anyone who reaches it can read and
@@ -26,7 +27,8 @@ def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The mlflow server command line and environment these arguments ask for (or SystemExit)."""
     env = dict(os.environ)
     cmd = [shutil.which("mlflow") or "mlflow", "server", "--host", args.host, "--port", str(args.port),
-           "--backend-store-uri", args.backend_store_uri, "--artifacts-destination", args.artifacts_destination]
+           "--backend-store-uri", args.backend_store_uri, "--artifacts-destination", args.artifacts_destination,
+           "--workers", str(args.workers)]
     if not args.auth:
         if not _loopback(args.host):
             _fail(f"--host {args.host} would expose an unauthenticated MLflow server to the network "
@@ -77,9 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--backend-store-uri", default="sqlite:///outputs/mlflow.db")
     parser.add_argument("--artifacts-destination", default="outputs/mlartifacts")
+    parser.add_argument("--workers", type=int, default=4, help="server processes (MLflow's default 4; each imports "
+                        "MLflow, ~2 s of CPU at start: 1 serves one user's runs)")
     parser.add_argument("--auth", action="store_true", help=f"basic auth; admin password from ${PASSWORD_VARIABLE}")
     parser.add_argument("--dry-run", action="store_true", help="print the mlflow command and exit")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        _fail(f"--workers {args.workers} is out of range (allowed: 1 or more)")
     cmd, env = command(args)
     if args.dry_run:
         print(" ".join(cmd))

@@ -154,7 +154,7 @@ class MlflowServer:
     def start(self, timeout: float = 120) -> None:
         args = [sys.executable, "-m", "rnnlab.server", "--port", str(self.port),
                 "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-                "--artifacts-destination", str(self.folder / "artifacts")]
+                "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]  # 4 cost ~8 s of CPU per start
         self.proc = subprocess.Popen(args, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         if not healthy(self.uri, timeout):

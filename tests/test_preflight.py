@@ -142,7 +142,7 @@ def test_generated_overrides_are_run_or_refused_in_one_line_and_write_nothing(tm
     monkeypatch.chdir(tmp_path)
     counts: Counter[str] = Counter()
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.lists(OVERRIDE, min_size=1, max_size=3), st.booleans())
     def check(overrides: list[str], multirun: bool) -> None:
         tallied((["-m"] if multirun else []) + overrides, counts)

@@ -54,3 +54,12 @@ def test_auth_takes_its_password_from_the_environment_only(tmp_path):
     ini = tmp_path / "mlflow-auth.ini"
     assert "admin_password = correct horse battery" in ini.read_text()
     assert ini.stat().st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_workers_pass_through_to_mlflow_and_a_bad_count_is_one_line():
+    result = run(["--workers", "1", "--dry-run"])
+    assert result.returncode == 0 and result.stdout.split()[-2:] == ["--workers", "1"]
+    assert run(["--dry-run"]).stdout.split()[-2:] == ["--workers", "4"]  # MLflow's own default
+    result = run(["--workers", "0"])
+    assert result.returncode == 2
+    assert result.stderr.strip() == "rnnlab.server: error: --workers 0 is out of range (allowed: 1 or more)"

@@ -3,8 +3,10 @@
     python experiments/benchmarks/products.py [--rounds 7] [--threads 1]
 
 rnnlab/bptt.py sends a float32 product to oneDNN (``bptt.mm``, ``bptt.grad_weight``) only
-where this table, on one thread, says it pays; on more threads it keeps MKL, because in the
-loops oneDNN lost there though single products timed faster (see the README). Two tables, each row timed in one process with its variants
+where this table, on one thread, says it pays: above a size, and on a host where oneDNN won
+the race ``bptt.cpu_products`` runs at a process's first product (a Zen 5 EPYC: yes; a Zen 4
+one: no). On more threads it keeps MKL, because in the loops oneDNN lost there though single
+products timed faster (see the README). Two tables, each row timed in one process with its variants
 interleaved round by round (medians):
 
 1. one step's products, (B, K) x (K, N), with and without an added (B, N) term: MKL
