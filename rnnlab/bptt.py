@@ -106,6 +106,23 @@ def cpu_products() -> str:
     return _products
 
 
+def continue_products(saved: str) -> str | None:
+    """Take ``saved`` ("mkl" or "onednn", what a checkpoint was trained with) for the rest of
+    this process, so that a resumed run repeats the bits of one that never stopped, whatever
+    this process's race would choose. Returns why not, in one line, where it cannot: the
+    environment pins another, or this torch has no oneDNN; None when taken."""
+    global _products
+    if saved not in ("mkl", "onednn"):
+        return f"the checkpoint's products {saved!r} are unknown here (allowed: mkl, onednn)"
+    pinned = os.environ.get(PRODUCTS_ENV, "auto")
+    if pinned != "auto" and pinned != saved:
+        return f"{PRODUCTS_ENV}={pinned} here, {saved} in the checkpoint"
+    if saved == "onednn" and _onednn_linear is None:
+        return "the checkpoint's products were oneDNN's, which this torch build lacks"
+    _products = saved
+    return None
+
+
 def products_in_use() -> str:
     """What float32 CPU products take now: "onednn" where cpu_products chose it and torch runs
     one thread, else "mkl"."""

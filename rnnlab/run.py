@@ -243,6 +243,7 @@ class _Run:
         from rnnlab.train import Interrupted, NonFiniteError
 
         trial = job_trial(self.config.trial)  # in a sweep: reports val_loss each epoch, may prune
+        self._continue_products()
         self.tracker = self._open_tracker(trial.tags)
         runtime.seed_everything(self.config.seed)
         self.model = build_model(self.config, self.p.data)
@@ -408,6 +409,20 @@ class _Run:
             raise RunError(f"{e}; the run stopped after epoch {epoch}, its checkpoint is in {self.output_dir} "
                            f"(resume={self.output_dir} once the store works, or tracking=none)") from None
 
+    def _continue_products(self) -> None:
+        """A resumed CPU run takes the matrix products its checkpoint was trained with (MKL's
+        and oneDNN's round differently in the last bit), or says in one warning why it cannot
+        and so will not repeat an uninterrupted run bit for bit."""
+        saved = self.p.resume.get("cpu_products") if self.p.resume else None
+        if saved is None or self.p.device.type != "cpu":
+            return
+        from rnnlab import bptt
+
+        why = bptt.continue_products(saved)
+        if why is not None:
+            print(f"rnnlab: warning: resuming with other matrix products ({why}): the resumed run will not "
+                  "repeat an uninterrupted one bit for bit", file=sys.stderr)
+
     def _log(self, metrics: dict[str, float], step: int) -> None:
         self.tracker.log_metrics(metrics, step)
         self.hooks.log(metrics, step)
@@ -421,6 +436,10 @@ class _Run:
 
         payload = {"train": state.payload(), "config": self.p.flat, "config_hash": self.p.digest,
                    "run_id": self.tracker.run_id, "run_key": self.run_key}
+        if self.p.device.type == "cpu":  # a resume takes the same products (_continue_products)
+            from rnnlab import bptt
+
+            payload["cpu_products"] = bptt.products_in_use()
         try:
             checkpoint.save(payload, self.output_dir / "checkpoint.pt")
             checkpoint.write_sidecar(self.output_dir, {

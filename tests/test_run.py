@@ -176,3 +176,57 @@ def test_a_full_disk_keeps_the_last_checkpoint_says_so_and_the_run_resumes_once_
     resumed = run(compose([*UNTRACKED, f"resume={folder}"]), output_dir=disk / "again")
     whole = run(compose(UNTRACKED), output_dir=disk / "whole")
     assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]  # nothing lost: bit for bit on CPU
+
+
+@pytest.mark.skipif(__import__("rnnlab.bptt").bptt._onednn_linear is None, reason="no oneDNN: one kind of product only")
+def test_a_resumed_run_takes_the_products_its_checkpoint_was_trained_with(tmp_path, monkeypatch, one_thread, capsys):
+    from rnnlab import bptt, checkpoint
+
+    monkeypatch.delenv(bptt.PRODUCTS_ENV, raising=False)
+    monkeypatch.setattr(bptt, "_products", "onednn")  # the first process's race chose oneDNN...
+    with pytest.raises(Stopped):
+        run(compose(UNTRACKED), Hooks(stop_requested=lambda: True), output_dir=tmp_path / "run")
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["cpu_products"] == "onednn"
+    whole = run(compose(UNTRACKED), output_dir=tmp_path / "whole")
+    monkeypatch.setattr(bptt, "_products", "mkl")  # ...the resuming one's chose MKL
+    resumed = run(compose([*UNTRACKED, f"resume={tmp_path / 'run'}"]), output_dir=tmp_path / "again")
+    # (this tiny model's products are too small for oneDNN: the adoption is what is tested, the equality
+    # only that the resume still ends as a whole run)
+    assert bptt._products == "onednn" and resumed.metrics["val_loss"] == whole.metrics["val_loss"]
+    assert "warning" not in capsys.readouterr().err
+    # Pinned to the other by the environment: the pin wins, and the run says it will not repeat the bits.
+    monkeypatch.setenv(bptt.PRODUCTS_ENV, "mkl")
+    monkeypatch.setattr(bptt, "_products", "mkl")
+    run(compose([*UNTRACKED, f"resume={tmp_path / 'run'}"]), output_dir=tmp_path / "pinned")
+    err = capsys.readouterr().err
+    assert bptt._products == "mkl"
+    assert ("rnnlab: warning: resuming with other matrix products (RNNLAB_CPU_PRODUCTS=mkl here, onednn in the "
+            "checkpoint): the resumed run will not repeat an uninterrupted one bit for bit") in err
+
+
+@pytest.mark.parametrize("saved,env,why", [
+    ("mkl", None, None),
+    ("cuda", None, "the checkpoint's products 'cuda' are unknown here (allowed: mkl, onednn)"),
+    ("onednn", "mkl", "RNNLAB_CPU_PRODUCTS=mkl here, onednn in the checkpoint"),
+])
+def test_continue_products_takes_a_checkpoints_choice_or_says_why_not(saved, env, why, monkeypatch):
+    from rnnlab import bptt
+
+    monkeypatch.setattr(bptt, "_products", "onednn" if saved == "mkl" else "mkl")
+    before = bptt._products
+    if env is None:
+        monkeypatch.delenv(bptt.PRODUCTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(bptt.PRODUCTS_ENV, env)
+    assert bptt.continue_products(saved) == why
+    assert bptt._products == (saved if why is None else before)
+
+
+def test_continue_products_refuses_onednn_where_this_torch_has_none(monkeypatch):
+    from rnnlab import bptt
+
+    monkeypatch.delenv(bptt.PRODUCTS_ENV, raising=False)
+    monkeypatch.setattr(bptt, "_onednn_linear", None)
+    monkeypatch.setattr(bptt, "_products", "mkl")
+    assert bptt.continue_products("onednn") == "the checkpoint's products were oneDNN's, which this torch build lacks"
+    assert bptt._products == "mkl"
