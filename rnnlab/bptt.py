@@ -80,6 +80,7 @@ _ONEDNN_MIN_MACS = 1 << 20
 # the two are close keeps MKL, so that a noisy moment cannot flip the choice between runs.
 _ONEDNN_MARGIN = 1.15
 PRODUCTS_ENV = "RNNLAB_CPU_PRODUCTS"
+_PRODUCTS = ("mkl", "onednn")
 _products: str | None = None  # "onednn" or "mkl" once decided (cpu_products)
 
 
@@ -96,7 +97,7 @@ def cpu_products() -> str:
     global _products
     if _products is None:
         pinned = os.environ.get(PRODUCTS_ENV, "auto")
-        if pinned not in ("auto", "mkl", "onednn"):
+        if pinned not in ("auto", *_PRODUCTS):
             raise ValueError(f"{PRODUCTS_ENV}={pinned!r} is not allowed (allowed: auto, mkl, onednn)")
         if pinned == "onednn" and _onednn_linear is None:
             raise ValueError(f"{PRODUCTS_ENV}=onednn, but this torch build has no working oneDNN linear (allowed: auto, mkl)")
@@ -112,7 +113,7 @@ def continue_products(saved: str) -> str | None:
     this process's race would choose. Returns why not, in one line, where it cannot: the
     environment pins another, or this torch has no oneDNN; None when taken."""
     global _products
-    if saved not in ("mkl", "onednn"):
+    if saved not in _PRODUCTS:
         return f"the checkpoint's products {saved!r} are unknown here (allowed: mkl, onednn)"
     pinned = os.environ.get(PRODUCTS_ENV, "auto")
     if pinned != "auto" and pinned != saved:
@@ -165,7 +166,7 @@ def _onednn(x: Tensor) -> bool:
     products), though one product alone timed faster."""
     return (
         _onednn_linear is not None and x.dtype == torch.float32 and x.device.type == "cpu"
-        and torch.get_num_threads() == 1 and cpu_products() == "onednn"
+        and products_in_use() == "onednn"
     )
 
 
